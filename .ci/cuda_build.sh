@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Compile and link the CUDA kernels against the CUDA 13.0 build of torch (on local disk),
+# import the result without a GPU, and check each op has a CUDA kernel registered.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+VENV=${ECGKT_CUDA_VENV:-$ROOT/.venv-cuda}
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+"$VENV/bin/pip" install -q torch==2.14.1 numpy setuptools wheel ninja pybind11
+SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+export PATH="$CUDA_HOME/bin:$PATH"
+export CPATH="$SITE/nvidia/cu13/include${CPATH:+:$CPATH}"
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-"8.0;9.0"}
+export ECGKT_FORCE_CUDA=1
+export MAX_JOBS=${MAX_JOBS:-2}
+# Build from a clean copy of the tracked files so nothing of the CPU build is reused.
+SRC=$(mktemp -d)
+git ls-files -z | xargs -0 -I{} cp --parents {} "$SRC"
+(cd "$SRC" && "$VENV/bin/pip" wheel -q --no-build-isolation --no-deps . -w "$SRC/dist")
+"$VENV/bin/pip" install -q --force-reinstall --no-deps "$SRC"/dist/ecgkt-*.whl
+(cd /tmp && "$VENV/bin/python" - <<'PY'
+import torch, ecgkt
+from ecgkt import _extension
+assert _extension.available, _extension.reason
+assert _extension.build_info["with_cuda"], _extension.build_info
+for op in ("preprocess",):
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"ecgkt::{op}", "CUDA"), op
+print("CUDA build OK: torch", torch.__version__, "CUDA", torch.version.cuda, "ops have CUDA kernels")
+PY
+)
+rm -rf "$SRC"

@@ -1,0 +1,22 @@
+// Every ecgkt op schema, in one place. Kernels register per dispatch key with
+// TORCH_LIBRARY_IMPL in csrc/<op>/{cpu.cpp,cuda.cu}; fake (meta) kernels are in
+// ecgkt/ops/<op>.py (torch.library.register_fake).
+#include <torch/library.h>
+
+TORCH_LIBRARY(ecgkt, m) {
+  // Fused ECG preprocessing; see ecgkt/ops/preprocess.py for the meaning of each argument.
+  //   signal   [N, T] float16/bfloat16/float32/float64 (mV) or int16 (ADC units)
+  //   gain     [N] float32, adu/mV (1 for float input); baseline [N] float32, adu
+  //   sos      [S, 6] float64 second-order sections (b0 b1 b2 1 a1 a2), applied forward then backward
+  //   zi       [S, 2] float64 steady-state of the cascade for a unit step (scaled by the edge value)
+  //   padlen   odd-extension length at each end before filtering
+  //   fir      [K] float64 polyphase anti-aliasing filter (empty when up == down == 1)
+  //   normalize 0 none, 1 z-score, 2 robust (median / IQR)
+  // returns (out [N, T_out] float32 (float64 for float64 input), flags [N] int32:
+  //          bit 0 = invalid samples repaired, bit 1 = flat or all-invalid lead set to zero)
+  m.def(
+      "preprocess(Tensor signal, Tensor gain, Tensor baseline, Tensor sos, Tensor zi, "
+      "int padlen, Tensor fir, int up, int down, int normalize) -> (Tensor, Tensor)");
+
+  // Contrastive losses: schemas are defined in csrc/losses/ (see below).
+}

@@ -1,0 +1,114 @@
+"""Build of ecgkt and its compiled extension ``ecgkt._C``.
+
+The C++/CUDA sources are listed in one place, ``csrc/sources.txt``; this file and
+``CMakeLists.txt`` (the libtorch / C++ build) both read it, so the two builds compile
+the same code.
+
+Build knobs (environment variables):
+  ECGKT_FORCE_CPU=1       build the CPU kernels only, even if CUDA is available
+  ECGKT_FORCE_CUDA=1      fail unless the CUDA kernels can be built
+  TORCH_CUDA_ARCH_LIST    CUDA architectures, e.g. "8.0;9.0" (torch's own knob)
+  MAX_JOBS                parallel compile jobs (torch's own knob; lower it when RAM is short)
+  ECGKT_DEBUG=1           -O0 -g build
+
+Always build with ``pip install --no-build-isolation .``: an isolated build would fetch
+another torch and compile against the wrong ABI.
+"""
+import json
+import os
+import sys
+
+from setuptools import setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _flag(name):
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _sources():
+    cpp, cu = [], []
+    with open(os.path.join(ROOT, "csrc", "sources.txt")) as f:
+        for line in f:
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            (cu if line.endswith(".cu") else cpp).append(os.path.join("csrc", line))
+    return cpp, cu
+
+
+def _extension():
+    try:
+        import torch
+        from torch.utils import cpp_extension
+    except ImportError:
+        sys.exit(
+            "ecgkt: torch must be installed before building ecgkt, and the build must not be "
+            "isolated:\n  pip install torch && pip install --no-build-isolation ."
+        )
+
+    cpp, cu = _sources()
+    cuda_home = cpp_extension.CUDA_HOME
+    cuda_possible = torch.version.cuda is not None and cuda_home is not None
+    if _flag("ECGKT_FORCE_CUDA") and not cuda_possible:
+        sys.exit(
+            "ecgkt: ECGKT_FORCE_CUDA=1 but CUDA kernels cannot be built: "
+            f"torch {torch.__version__} (CUDA {torch.version.cuda}), CUDA_HOME={cuda_home}. "
+            "Install a CUDA build of torch and set CUDA_HOME to the toolkit that matches it."
+        )
+    with_cuda = cuda_possible and not _flag("ECGKT_FORCE_CPU")
+
+    debug = _flag("ECGKT_DEBUG")
+    cxx = ["-O0", "-g"] if debug else ["-O3"]
+    cxx += ["-std=c++17", "-fopenmp", "-DECGKT_TORCH_VERSION=\"%s\"" % torch.__version__]
+    nvcc = ["-O0", "-g", "-G"] if debug else ["-O3", "--use_fast_math"]
+    nvcc += ["-std=c++17", "-lineinfo"]
+    kwargs = dict(
+        name="ecgkt._C",
+        include_dirs=[os.path.join(ROOT, "csrc")],
+        extra_link_args=["-fopenmp"],
+        py_limited_api=False,
+    )
+    if with_cuda:
+        ext = cpp_extension.CUDAExtension(
+            sources=cpp + cu,
+            define_macros=[("ECGKT_WITH_CUDA", "1")],
+            extra_compile_args={"cxx": cxx + ["-DECGKT_WITH_CUDA=1"], "nvcc": nvcc},
+            **kwargs,
+        )
+    else:
+        ext = cpp_extension.CppExtension(sources=cpp, extra_compile_args={"cxx": cxx}, **kwargs)
+
+    info = {
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda if with_cuda else None,
+        "with_cuda": with_cuda,
+        "cxx11_abi": bool(torch._C._GLIBCXX_USE_CXX11_ABI),
+    }
+    with open(os.path.join(ROOT, "ecgkt", "_build_info.json"), "w") as f:
+        json.dump(info, f, indent=1)
+    print(f"ecgkt: building extension (CUDA: {with_cuda}) against torch {torch.__version__}")
+    return ext, cpp_extension.BuildExtension.with_options(use_ninja=True)
+
+
+ext, build_ext = _extension()
+
+setup(
+    packages=[
+        "ecgkt",
+        "ecgkt.ops",
+        "ecgkt.data",
+        "ecgkt.models",
+        "ecgkt.train",
+        "ecgkt.evaluate",
+        "ecgkt.predict",
+        "ecgkt.kernels",
+    ],
+    # The Triton kernels live in the top-level kernels/ folder and ship as ecgkt.kernels.
+    package_dir={"ecgkt.kernels": "kernels"},
+    package_data={"ecgkt": ["_build_info.json", "configs/*.yaml", "predict/*.csv"]},
+    ext_modules=[ext],
+    cmdclass={"build_ext": build_ext},
+    zip_safe=False,
+)
