@@ -7,6 +7,7 @@ Public API:
   ecgkt.models                        ECG and tabular encoders, heads, ECGKTModel
 """
 from . import _extension
+from .ops.preprocess import PreprocessResult, preprocess
 
 __version__ = "0.1.0"
 __all__ = ["__version__"]
