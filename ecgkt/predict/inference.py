@@ -1,0 +1,234 @@
+"""Batched inference of a saved ECG-only model on records of any supported layout.
+
+What happens to a record (the model's saved settings decide every step):
+1. It is read as 12 int16 leads in standard order with per-lead gain and baseline (``ecgkt.data``);
+   the model's own lead order is taken by name.
+2. It is cut into windows of the model's window length (``window_s`` in the model config, 10 s by
+   default) at the record's own rate: a record up to 1.5 windows long is one window; a longer one gets
+   ceil(T / window) windows spread evenly from its start to its end (the last ones may overlap), so no
+   sample is dropped.
+3. Windows of the same rate and length are batched through ``ecgkt.preprocess`` with the model's
+   settings (gain/baseline to mV, invalid-sample repair, filtering, resampling to the model's rate,
+   normalisation) on the model's device, then through the network.
+4. Per record, window probabilities are averaged; a lead counts as repaired / flat when the
+   preprocessing flagged it in any window.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import math
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from ..data.wfdb_io import STANDARD_LEADS, ECGRecord
+from ..errors import ECGKTError, RecordError
+from .explanations import LabFinding, explain
+from .inputs import Failure, Source, read_source
+
+DEFAULT_WINDOW_S = 10.0
+MIN_DURATION_S = 1.0
+SINGLE_WINDOW_UP_TO = 1.5  # records up to this many windows long are scored whole
+
+
+@dataclasses.dataclass
+class RecordResult:
+    """One record's prediction: diagnoses and lab findings (most probable first), lead notes, warnings."""
+
+    record: str
+    fs: float
+    duration_s: float
+    n_windows: int
+    diagnoses: list  # [(label, probability)], all labels, most probable first
+    labs: list  # [LabFinding], all lab outputs, most probable first
+    repaired_leads: list
+    flat_leads: list
+    warnings: list
+    lab_threshold: float = 0.5
+
+    @property
+    def explanation(self) -> list[LabFinding]:
+        """The lab abnormalities predicted at or above the threshold: the explanation of the diagnoses."""
+        return [f for f in self.labs if f.probability >= self.lab_threshold]
+
+    def top_diagnoses(self, k: int = 5) -> list:
+        return self.diagnoses[:k]
+
+    def to_dict(self) -> dict:
+        return {
+            "record": self.record,
+            "fs": self.fs,
+            "duration_s": round(self.duration_s, 3),
+            "windows": self.n_windows,
+            "diagnoses": {name: round(float(p), 6) for name, p in self.diagnoses},
+            "labs": {f.output: round(f.probability, 6) for f in self.labs},
+            "explanation": [f.to_dict() for f in self.explanation],
+            "repaired_leads": list(self.repaired_leads),
+            "flat_leads": list(self.flat_leads),
+            "warnings": list(self.warnings),
+        }
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ECGKTError(f"--device: {device!r} is not a device (use cpu, cuda, cuda:1 or auto)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ECGKTError(f"--device {device}: CUDA is not available on this machine (torch {torch.__version__})")
+    return dev
+
+
+def window_starts(n_samples: int, window: int) -> list[int]:
+    """Window start positions covering the whole record (see the module docstring)."""
+    if n_samples <= SINGLE_WINDOW_UP_TO * window:
+        return [0]
+    count = math.ceil(n_samples / window)
+    return [int(round(s)) for s in np.linspace(0, n_samples - window, count)]
+
+
+class Predictor:
+    """Scores ECG records with an ``ECGKTModel``; ``batch_size`` windows go through the model at a time."""
+
+    def __init__(self, model, device=None, batch_size: int = 64, window_s: float | None = None,
+                 lab_threshold: float = 0.5, read_workers: int = 2):
+        if batch_size < 1:
+            raise ECGKTError(f"--batch-size must be at least 1, got {batch_size}")
+        self.device = resolve_device(device) if not isinstance(device, torch.device) else device
+        self.model = model.to(self.device).eval()
+        cfg = getattr(model, "config", {}) or {}
+        self.window_s = float(window_s or cfg.get("window_s") or cfg.get("preprocessing", {}).get("window_s")
+                              or DEFAULT_WINDOW_S)
+        self.batch_size = batch_size
+        self.lab_threshold = lab_threshold
+        self.read_workers = max(1, read_workers)
+        self.lead_order = model.lead_index(STANDARD_LEADS)  # model lead i = standard lead lead_order[i]
+        self.model_leads = list(model.leads)
+
+    # --- records in memory -----------------------------------------------------------------------
+    def _windows(self, record: ECGRecord):
+        if record.n_samples < MIN_DURATION_S * record.fs:
+            raise RecordError(record.path, f"record is {record.n_samples / record.fs:.2f} s long; "
+                                           f"at least {MIN_DURATION_S:g} s is needed")
+        window = int(round(self.window_s * record.fs))
+        starts = window_starts(record.n_samples, window)
+        length = record.n_samples if len(starts) == 1 else window
+        return starts, length
+
+    @torch.no_grad()
+    def _score(self, signal: np.ndarray, gain: np.ndarray, baseline: np.ndarray, fs: float):
+        """signal int16 [W, 12, T] (model lead order) -> (dx probs [W, D], lab probs [W, L], repaired, flat)."""
+        dev = self.device
+        x = torch.from_numpy(signal).to(dev)
+        info = self.model.preprocessor(x, fs, gain=torch.from_numpy(gain).to(dev),
+                                       baseline=torch.from_numpy(baseline).to(dev), return_info=True)
+        out = self.model(info.signal.float())
+        return (torch.sigmoid(out["dx_logits"]).float().cpu().numpy(),
+                torch.sigmoid(out["lab_logits"]).float().cpu().numpy(),
+                info.repaired.cpu().numpy(), info.flat.cpu().numpy())
+
+    def predict_records(self, records: list[ECGRecord], names: list[str] | None = None) -> list:
+        """Results for records already read: a RecordResult, or a Failure for a record that cannot be used."""
+        names = names or [r.path for r in records]
+        plans, groups = {}, {}
+        out: list = [None] * len(records)
+        for i, rec in enumerate(records):
+            try:
+                starts, length = self._windows(rec)
+            except RecordError as e:
+                out[i] = Failure(e.path or names[i], e.problem)
+                continue
+            plans[i] = len(starts)
+            for s in starts:
+                groups.setdefault((float(rec.fs), length), []).append((i, s))
+        per_record: dict = {i: [] for i in plans}
+        order = self.lead_order
+        for (fs, length), items in groups.items():
+            for b in range(0, len(items), self.batch_size):
+                chunk = items[b:b + self.batch_size]
+                sig = np.stack([records[i].signal[order, s:s + length] for i, s in chunk])
+                gain = np.stack([records[i].gain[order] for i, _ in chunk]).astype(np.float32)
+                base = np.stack([records[i].baseline[order] for i, _ in chunk]).astype(np.float32)
+                dx, lab, rep, flat = self._score(sig, gain, base, fs)
+                for j, (i, _) in enumerate(chunk):
+                    per_record[i].append((dx[j], lab[j], rep[j], flat[j]))
+        for i, windows in per_record.items():
+            out[i] = self._result(names[i], records[i], windows)
+        return out
+
+    def _result(self, name: str, rec: ECGRecord, windows) -> RecordResult:
+        dx = np.mean([w[0] for w in windows], axis=0)
+        lab = np.mean([w[1] for w in windows], axis=0)
+        repaired = np.any([w[2] for w in windows], axis=0)
+        flat = np.any([w[3] for w in windows], axis=0)
+        leads = self.model_leads
+        warnings = []
+        duration = rec.n_samples / rec.fs
+        if duration < 0.5 * self.window_s:
+            warnings.append(f"record is {duration:.1f} s long; the model was trained on {self.window_s:g} s windows")
+        flat_names = [leads[k] for k in np.flatnonzero(flat)]
+        if flat_names:
+            warnings.append(f"lead(s) {', '.join(flat_names)} flat or without signal: fed to the model as zeros")
+        repaired_names = [leads[k] for k in np.flatnonzero(repaired & ~flat)]
+        if repaired_names:
+            warnings.append(f"invalid samples interpolated in lead(s) {', '.join(repaired_names)}")
+        model = self.model
+        diagnoses = sorted(zip(model.dx_names, map(float, dx)), key=lambda kv: -kv[1])
+        labs = sorted((explain(n, float(p)) for n, p in zip(model.lab_label_names, lab)),
+                      key=lambda f: -f.probability)
+        return RecordResult(name, float(rec.fs), duration, len(windows), diagnoses, labs, repaired_names,
+                            flat_names, warnings, self.lab_threshold)
+
+    def predict(self, signal, fs: float, leads=STANDARD_LEADS, gain=None, baseline=None, name="signal"):
+        """One in-memory ECG: ``signal`` [leads, samples] in mV (float) or int16 ADC units with ``gain``."""
+        from .inputs import ecg_record_from_array
+
+        rec = ecg_record_from_array(np.asarray(signal), fs, list(leads), name, gain=gain, baseline=baseline)
+        result = self.predict_records([rec], [name])[0]
+        if isinstance(result, Failure):
+            raise RecordError(result.name, result.problem)
+        return result
+
+    # --- records on disk -------------------------------------------------------------------------
+    def run(self, sources: Iterable[Source], fs: float | None = None, leads=None,
+            progress=None) -> Iterator[tuple]:
+        """Read and score records: yields (source, ECGRecord, RecordResult) or (source, None, Failure), in
+        input order. Reading runs in a thread pool one chunk ahead of the model."""
+        sources = list(sources)
+        chunk = max(self.batch_size, 8)
+        chunks = [sources[i:i + chunk] for i in range(0, len(sources), chunk)]
+        with cf.ThreadPoolExecutor(self.read_workers) as pool:
+            def submit(c):
+                return [pool.submit(_read_one, s, fs, leads) for s in c]
+
+            pending = submit(chunks[0]) if chunks else []
+            for k, current in enumerate(chunks):
+                read = [f.result() for f in pending]
+                pending = submit(chunks[k + 1]) if k + 1 < len(chunks) else []
+                ok = [(s, r) for s, r in zip(current, read) if isinstance(r, ECGRecord)]
+                scored = iter(self.predict_records([r for _, r in ok], [s.name for s, _ in ok]))
+                for s, r in zip(current, read):
+                    if isinstance(r, Failure):
+                        yield s, None, r
+                    else:
+                        res = next(scored)
+                        yield (s, None, res) if isinstance(res, Failure) else (s, r, res)
+                if progress is not None:
+                    progress.update(len(current))
+
+
+def _read_one(source: Source, fs, leads):
+    """Read a record; any problem becomes a one-line Failure naming the file."""
+    try:
+        return read_source(source, fs, leads)
+    except RecordError as e:
+        return Failure(e.path or source.name, e.problem)
+    except ECGKTError as e:
+        return Failure(source.name, str(e))
+    except Exception as e:  # a reader bug or an odd file must not stop a batch of thousands
+        message = " ".join(str(e).split()) or "no details"
+        return Failure(source.name, f"cannot read ({type(e).__name__}: {message})")
