@@ -1,0 +1,91 @@
+"""``torch.utils.data.Dataset`` over a signal store.
+
+Each item is a dict::
+
+    signal    int16 [12, T]   raw samples, standard lead order, -32768 = missing
+    gain      float32 [12]    adu/mV          baseline  float32 [12]  adu
+    tab       float32 [F]     raw clinical values (labs, vitals, biometrics, age, sex), NaN = missing
+    tab_mask  bool [F]        True = observed
+    lab_y     float32 [2L]    <test>_low, <test>_high for each lab test (0 where unknown)
+    lab_mask  bool [2L]       True = label known
+    dx_y      float32 [C]     multi-label diagnoses (ICD-10 codes, report statements)
+    index, subject_id, study_id   int64
+
+Signals are not filtered here: the model runs ``ecgkt.preprocess`` on the batch's device. The
+memmap is opened lazily in each worker process, so the dataset can be used with any number of
+DataLoader workers and with ``DistributedSampler``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import ECGKTError
+from .store import ECGStore
+
+
+class ECGDataset(Dataset):
+    """The rows of a store whose subject-level fold is in ``folds`` (all rows when None)."""
+
+    def __init__(self, store_dir, folds=None):
+        self.store = ECGStore(store_dir)
+        meta = self.store.meta
+        cohort = self.store.cohort
+        self.fs = self.store.fs
+        self.leads = list(self.store.leads)
+        self.tab_names = list(meta["tab_names"])
+        self.lab_tests = list(meta["lab_tests"])
+        self.lab_label_names = list(meta["lab_label_names"])
+        self.dx_names = list(meta["dx_names"])
+        self.lab_label_selected = np.asarray(meta.get("lab_label_selected", [True] * len(self.lab_label_names)),
+                                             dtype=bool)
+        all_folds = cohort["fold"].to_numpy(dtype=np.int64)
+        if folds is None:
+            rows = np.arange(len(cohort))
+        else:
+            folds = [int(f) for f in np.atleast_1d(folds)]
+            rows = np.flatnonzero(np.isin(all_folds, folds))
+        self.rows = rows.astype(np.int64)  # store row of each item
+        self.folds = all_folds[rows]
+        self.subject_id = cohort["subject_id"].to_numpy(dtype=np.int64)[rows]
+        self.study_id = cohort["study_id"].to_numpy(dtype=np.int64)[rows]
+        self.tab = _columns(cohort, self.tab_names, rows)
+        self.tab_mask = ~np.isnan(self.tab)
+        lab = _columns(cohort, self.lab_label_names, rows)
+        self.lab_mask = ~np.isnan(lab)
+        self.lab_y = np.nan_to_num(lab, nan=0.0)
+        self.dx_y = np.nan_to_num(_columns(cohort, self.dx_names, rows), nan=0.0)
+        self.gains = self.store.gains[rows]
+        self.baselines = self.store.baselines[rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for a dataset of {len(self)} rows")
+        i = int(i) % len(self)
+        row = int(self.rows[i])
+        return {
+            "signal": torch.from_numpy(np.array(self.store.signals[row])),
+            "gain": torch.from_numpy(self.gains[i].copy()),
+            "baseline": torch.from_numpy(self.baselines[i].copy()),
+            "tab": torch.from_numpy(self.tab[i].copy()),
+            "tab_mask": torch.from_numpy(self.tab_mask[i].copy()),
+            "lab_y": torch.from_numpy(self.lab_y[i].copy()),
+            "lab_mask": torch.from_numpy(self.lab_mask[i].copy()),
+            "dx_y": torch.from_numpy(self.dx_y[i].copy()),
+            "index": torch.tensor(row, dtype=torch.int64),
+            "subject_id": torch.tensor(self.subject_id[i], dtype=torch.int64),
+            "study_id": torch.tensor(self.study_id[i], dtype=torch.int64),
+        }
+
+
+def _columns(df, names, rows) -> np.ndarray:
+    missing = [n for n in names if n not in df.columns]
+    if missing:
+        raise ECGKTError(f"store cohort lacks column(s) {', '.join(missing)}; prepare the store again")
+    if not names:
+        return np.zeros((len(rows), 0), dtype=np.float32)
+    return df[names].to_numpy(dtype=np.float32, na_value=np.nan)[rows]
