@@ -8,6 +8,7 @@ Public API:
 """
 from . import _extension
 from .ops.preprocess import PreprocessResult, preprocess
+from . import losses
 
 __version__ = "0.1.0"
 __all__ = ["__version__"]

@@ -1,0 +1,371 @@
+"""Joint-embedding (contrastive) losses between ECG and clinical-tabular embeddings.
+
+  clip_loss(ecg, clin, logit_scale)                symmetric InfoNCE
+  siglip_loss(ecg, clin, logit_scale, logit_bias)  pairwise sigmoid loss
+  ClipLoss / SigLipLoss                            nn.Modules owning a learnable log-scale (and bias)
+
+Both losses L2-normalise the rows of ``ecg`` and ``clin`` ([B, D]) and never materialise the
+B x B similarity matrix: the compiled kernels (ecgkt.ops.contrastive) walk it tile by tile and
+keep O(B) state. Inputs may be float32, float16 or bfloat16 (float64 is exact); the loss is
+float32 (float64 for float64 inputs).
+
+Distributed (``distributed=`` "gather" or "ring", torch.distributed initialised, the same local
+batch size on every rank; rank r holds rows r*B_local .. (r+1)*B_local - 1 of the global batch):
+
+* "gather": all-gather both towers with autograd and compute the local rows' loss against the
+  global batch (open_clip's gather_with_grad + local_loss); O(B_global * D) memory per rank.
+* "ring": keep the towers where they are and pass the clinical block (and the accumulators that
+  belong to it) round a ring of ranks, merging log-sum-exps; O(B_local * D) memory per rank.
+
+In both modes every rank returns the loss of the global batch, and the gradients follow the
+data-parallel convention (the same as open_clip's): each rank's backward gives its local
+embeddings ``world_size * dL/dx_local`` and the scale/bias a per-rank share, so that averaging
+gradients across ranks (what DistributedDataParallel does) yields exactly the gradient of the
+global-batch loss. All ranks must call forward and backward together.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ECGKTError
+from .ops import contrastive as ops
+
+__all__ = ["clip_loss", "siglip_loss", "ClipLoss", "SigLipLoss", "naive_clip_loss", "naive_siglip_loss"]
+
+DISTRIBUTED_MODES = (None, "gather", "ring")
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public functions
+# ----------------------------------------------------------------------------------------------
+def clip_loss(ecg, clin, logit_scale, *, distributed: str | None = None, group=None) -> torch.Tensor:
+    """Symmetric InfoNCE: ½·(mean_i CE(s·â_i·b̂ᵀ, i) + mean_i CE(s·b̂_i·âᵀ, i)).
+
+    ``logit_scale`` is the multiplier s on the cosine similarities (a tensor or float; pass
+    ``log_scale.exp()`` for a learnable log-scale). See the module docstring for ``distributed``.
+    """
+    a, b, scale, _ = _prepare("clip_loss", ecg, clin, logit_scale, None)
+    size = _world_size("clip_loss", distributed, group, a)
+    if size == 1:
+        row_lse, col_lse = ops.clip_block_lse(a, b, scale)
+    elif distributed == "gather":
+        row_lse = ops.clip_block_lse(a, _gather(b, group), scale)[0]
+        col_lse = ops.clip_block_lse(b, _gather(a, group), scale)[0]  # columns of the local clin rows
+    else:
+        row_lse, col_lse = _RingClip.apply(a, b, scale, group)
+    positives = _positive_logits(a, b, scale, None)
+    loss = 0.5 * (row_lse.mean() + col_lse.mean()) - positives.mean()
+    return _check_finite("clip_loss", _global_value(loss, size, group), ecg, clin, logit_scale, None)
+
+
+def siglip_loss(
+    ecg, clin, logit_scale, logit_bias, *, distributed: str | None = None, group=None
+) -> torch.Tensor:
+    """Sigmoid loss: −(1/B)·Σ_i Σ_j log σ(z_ij·(s·â_i·b̂_j + t)), z_ij = +1 if i = j else −1.
+
+    ``logit_scale`` s and ``logit_bias`` t are tensors or floats. See the module docstring for
+    ``distributed``.
+    """
+    a, b, scale, bias = _prepare("siglip_loss", ecg, clin, logit_scale, logit_bias)
+    size = _world_size("siglip_loss", distributed, group, a)
+    if size == 1:
+        row_sum = ops.siglip_block(a, b, scale, bias)
+    elif distributed == "gather":
+        row_sum = ops.siglip_block(a, _gather(b, group), scale, bias)
+    else:
+        row_sum = _RingSiglip.apply(a, b, scale, bias, group)
+    # -log σ(x) = softplus(x) - x on the diagonal, softplus(x) off it (-log σ(-x)).
+    positives = _positive_logits(a, b, scale, bias)
+    loss = (row_sum.sum() - positives.sum()) / a.shape[0]
+    return _check_finite("siglip_loss", _global_value(loss, size, group), ecg, clin, logit_scale, logit_bias)
+
+
+# ----------------------------------------------------------------------------------------------
+# Modules
+# ----------------------------------------------------------------------------------------------
+class ClipLoss(nn.Module):
+    """CLIP loss with a learnable log-scale (s = exp(log_scale), capped at ``max_logit_scale``).
+
+    ``distributed``: None (this process's batch), "gather" or "ring" (see the module docstring).
+    """
+
+    def __init__(self, init_logit_scale: float = 1 / 0.07, max_logit_scale: float | None = 100.0,
+                 distributed: str | None = None, group=None):
+        super().__init__()
+        _check_mode("ClipLoss", distributed)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(init_logit_scale)))
+        self.max_logit_scale = max_logit_scale
+        self.distributed = distributed
+        self.group = group
+
+    def logit_scale(self) -> torch.Tensor:
+        s = self.log_scale.exp()
+        return s if self.max_logit_scale is None else s.clamp(max=self.max_logit_scale)
+
+    def forward(self, ecg: torch.Tensor, clin: torch.Tensor) -> torch.Tensor:
+        return clip_loss(ecg, clin, self.logit_scale(), distributed=self.distributed, group=self.group)
+
+    def extra_repr(self) -> str:
+        return f"distributed={self.distributed!r}, max_logit_scale={self.max_logit_scale}"
+
+
+class SigLipLoss(ClipLoss):
+    """SigLIP loss with a learnable log-scale (init log 10) and bias (init −10)."""
+
+    def __init__(self, init_logit_scale: float = 10.0, init_logit_bias: float = -10.0,
+                 max_logit_scale: float | None = 100.0, distributed: str | None = None, group=None):
+        super().__init__(init_logit_scale, max_logit_scale, distributed, group)
+        self.bias = nn.Parameter(torch.tensor(float(init_logit_bias)))
+
+    def forward(self, ecg: torch.Tensor, clin: torch.Tensor) -> torch.Tensor:
+        return siglip_loss(ecg, clin, self.logit_scale(), self.bias,
+                           distributed=self.distributed, group=self.group)
+
+
+# ----------------------------------------------------------------------------------------------
+# Naive references (materialised B x B logits); used by the tests and the benchmark
+# ----------------------------------------------------------------------------------------------
+def naive_clip_loss(ecg, clin, logit_scale):
+    """Textbook CLIP loss with the full logits matrix (what open_clip computes)."""
+    a, b = F.normalize(ecg, dim=-1), F.normalize(clin, dim=-1)
+    logits = logit_scale * a @ b.T
+    labels = torch.arange(a.shape[0], device=a.device)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+
+
+def naive_siglip_loss(ecg, clin, logit_scale, logit_bias):
+    """Textbook SigLIP loss with the full logits matrix (what open_clip computes)."""
+    a, b = F.normalize(ecg, dim=-1), F.normalize(clin, dim=-1)
+    logits = logit_scale * a @ b.T + logit_bias
+    signs = 2 * torch.eye(a.shape[0], device=a.device, dtype=logits.dtype) - 1
+    return -F.logsigmoid(signs * logits).sum() / a.shape[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Internals
+# ----------------------------------------------------------------------------------------------
+def _acc_dtype(x):
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _prepare(fn, ecg, clin, logit_scale, logit_bias):
+    for name, x in (("ecg", ecg), ("clin", clin)):
+        if not isinstance(x, torch.Tensor) or x.dim() != 2:
+            raise ECGKTError(f"{fn}: {name} must be a [batch, dim] tensor, got "
+                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+        if x.dtype not in _DTYPES:
+            raise ECGKTError(f"{fn}: {name} has dtype {x.dtype}; use float32, float16 or bfloat16")
+    if ecg.shape != clin.shape:
+        raise ECGKTError(f"{fn}: ecg {tuple(ecg.shape)} and clin {tuple(clin.shape)} must have the same shape")
+    if ecg.shape[0] == 0 or ecg.shape[1] == 0:
+        raise ECGKTError(f"{fn}: empty batch {tuple(ecg.shape)}")
+    if ecg.device != clin.device:
+        raise ECGKTError(f"{fn}: ecg is on {ecg.device} but clin is on {clin.device}")
+    acc = _acc_dtype(ecg)
+    dtype = ecg.dtype if clin.dtype == ecg.dtype else acc
+    # Normalise in the accumulation dtype; the kernels read the input precision.
+    a = F.normalize(ecg.to(acc), dim=-1).to(dtype)
+    b = F.normalize(clin.to(acc), dim=-1).to(dtype)
+    scale = _scalar(fn, "logit_scale", logit_scale, ecg)
+    bias = None if logit_bias is None else _scalar(fn, "logit_bias", logit_bias, ecg)
+    return a, b, scale, bias
+
+
+def _scalar(fn, name, value, like):
+    if not isinstance(value, torch.Tensor):
+        value = torch.tensor(float(value), device=like.device)
+    if value.numel() != 1:
+        raise ECGKTError(f"{fn}: {name} must be a scalar, got shape {tuple(value.shape)}")
+    if not value.is_floating_point():
+        value = value.float()
+    return value.reshape(())
+
+
+def _check_finite(fn, loss, ecg, clin, logit_scale, logit_bias):
+    """One cheap check of the result; on failure, name the offending input."""
+    if bool(torch.isfinite(loss.detach())):
+        return loss
+    for name, x in (("ecg", ecg), ("clin", clin), ("logit_scale", logit_scale), ("logit_bias", logit_bias)):
+        if isinstance(x, torch.Tensor) and not bool(torch.isfinite(x.detach()).all()):
+            n = int((~torch.isfinite(x.detach())).sum())
+            raise ECGKTError(f"{fn}: {name} contains {n} NaN/inf value(s); the loss is undefined")
+        if isinstance(x, float) and not math.isfinite(x):
+            raise ECGKTError(f"{fn}: {name} is {x}; the loss is undefined")
+    raise ECGKTError(f"{fn}: the loss overflowed to {float(loss)} (logit_scale too large?)")
+
+
+def _positive_logits(a, b, scale, bias):
+    acc = _acc_dtype(a)
+    logits = scale.to(acc) * (a.to(acc) * b.to(acc)).sum(-1)
+    return logits if bias is None else logits + bias.to(acc)
+
+
+def _check_mode(fn, mode):
+    if mode not in DISTRIBUTED_MODES:
+        raise ECGKTError(f"{fn}: distributed={mode!r}; choose None, 'gather' or 'ring'")
+
+
+def _world_size(fn, mode, group, a) -> int:
+    _check_mode(fn, mode)
+    if mode is None:
+        return 1
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ECGKTError(f"{fn}: distributed={mode!r} needs torch.distributed initialised "
+                         "(torch.distributed.init_process_group) first")
+    size = dist.get_world_size(group)
+    if size > 1:
+        sizes = torch.tensor([a.shape[0], -a.shape[0]], device=a.device)
+        dist.all_reduce(sizes, op=dist.ReduceOp.MAX, group=group)
+        if int(sizes[0]) != -int(sizes[1]):
+            raise ECGKTError(f"{fn}: distributed={mode!r} needs the same local batch size on every rank, "
+                             f"got sizes between {-int(sizes[1])} and {int(sizes[0])}")
+    return size
+
+
+def _gather(x, group):
+    """All-gather with autograd (the backward sums every rank's gradient into the local rows)."""
+    import torch.distributed.nn.functional as dist_nn
+
+    return torch.cat(dist_nn.all_gather(x.contiguous(), group=group or dist.group.WORLD))
+
+
+def _global_value(loss_local, size, group):
+    """Value: the mean over ranks (= the global-batch loss); gradient: that of the local share."""
+    if size == 1:
+        return loss_local
+    total = loss_local.detach().clone()
+    dist.all_reduce(total, group=group)
+    return loss_local + (total / size - loss_local.detach())
+
+
+class _Ring:
+    """Neighbours on the ring of ``group`` and a send-to-next / receive-from-previous exchange."""
+
+    def __init__(self, group):
+        self.group = group
+        self.size = dist.get_world_size(group)
+        rank = dist.get_rank(group)
+        world = group or dist.group.WORLD
+        self.next = dist.get_global_rank(world, (rank + 1) % self.size)
+        self.prev = dist.get_global_rank(world, (rank - 1) % self.size)
+
+    def start(self, tensors):
+        """Starts sending ``tensors`` to the next rank; returns (buffers being received, requests)."""
+        tensors = [t.contiguous() for t in tensors]
+        received = [torch.empty_like(t) for t in tensors]
+        ops_ = [dist.P2POp(dist.isend, t, self.next, self.group) for t in tensors]
+        ops_ += [dist.P2POp(dist.irecv, r, self.prev, self.group) for r in received]
+        return received, dist.batch_isend_irecv(ops_)
+
+    def shift(self, tensors):
+        received, requests = self.start(tensors)
+        _wait(requests)
+        return received
+
+
+def _wait(requests):
+    for r in requests:
+        r.wait()
+
+
+class _RingClip(torch.autograd.Function):
+    """Global row/column log-sum-exps of the local rows/columns; the clin block travels."""
+
+    @staticmethod
+    def forward(ctx, a, b, scale, group):
+        ring = _Ring(group)
+        block, row_lse, col_lse = b, None, None  # col_lse: accumulator of the travelling block
+        for step in range(ring.size):
+            last = step == ring.size - 1
+            if not last:
+                next_block, requests = ring.start([block])
+            r, c = ops.run_op("clip_block_lse", a, block, scale)
+            row_lse = r if row_lse is None else torch.logaddexp(row_lse, r)
+            c = c if col_lse is None else torch.logaddexp(col_lse, c)
+            (col_lse,) = ring.shift([c])  # after the last step it comes home complete
+            if not last:
+                _wait(requests)
+                block = next_block[0]
+        ctx.ring = ring
+        ctx.save_for_backward(a, b, scale, row_lse, col_lse)
+        return row_lse, col_lse
+
+    @staticmethod
+    def backward(ctx, grad_row, grad_col):
+        a, b, scale, row_lse, col_lse = ctx.saved_tensors
+        ring = ctx.ring
+        grad_row = torch.zeros_like(row_lse) if grad_row is None else grad_row.contiguous()
+        grad_col = torch.zeros_like(col_lse) if grad_col is None else grad_col.contiguous()
+        acc = _acc_dtype(a)
+        travelling = [b, col_lse, grad_col]
+        grad_a = torch.zeros(a.shape, dtype=acc, device=a.device)
+        grad_scale = torch.zeros((), dtype=acc, device=a.device)
+        grad_b = None
+        for step in range(ring.size):
+            last = step == ring.size - 1
+            if not last:
+                next_travelling, requests = ring.start(travelling)
+            ga, gb, gs = ops.run_op("clip_block_lse_backward", a, travelling[0], scale, row_lse,
+                                    travelling[1], grad_row, travelling[2])
+            grad_a += ga
+            grad_scale += gs
+            gb = gb.to(acc) if grad_b is None else grad_b + gb
+            (grad_b,) = ring.shift([gb])
+            if not last:
+                _wait(requests)
+                travelling = next_travelling
+        return grad_a.to(a.dtype), grad_b.to(b.dtype), grad_scale.to(scale.dtype), None
+
+
+class _RingSiglip(torch.autograd.Function):
+    """Per-row softplus sums of the local rows against the global batch; the clin block travels."""
+
+    @staticmethod
+    def forward(ctx, a, b, scale, bias, group):
+        ring = _Ring(group)
+        block, row_sum = b, None
+        for step in range(ring.size):
+            last = step == ring.size - 1
+            if not last:
+                next_block, requests = ring.start([block])
+            r = ops.run_op("siglip_block", a, block, scale, bias)
+            row_sum = r if row_sum is None else row_sum + r
+            if not last:
+                _wait(requests)
+                block = next_block[0]
+        ctx.ring = ring
+        ctx.save_for_backward(a, b, scale, bias)
+        return row_sum
+
+    @staticmethod
+    def backward(ctx, grad_row):
+        a, b, scale, bias = ctx.saved_tensors
+        ring = ctx.ring
+        acc = _acc_dtype(a)
+        grad_row = grad_row.contiguous()
+        block = b
+        grad_a = torch.zeros(a.shape, dtype=acc, device=a.device)
+        grad_scale = torch.zeros((), dtype=acc, device=a.device)
+        grad_bias = torch.zeros((), dtype=acc, device=a.device)
+        grad_b = None
+        for step in range(ring.size):
+            last = step == ring.size - 1
+            if not last:
+                next_block, requests = ring.start([block])
+            ga, gb, gs, gt = ops.run_op("siglip_block_backward", a, block, scale, bias, grad_row)
+            grad_a += ga
+            grad_scale += gs
+            grad_bias += gt
+            gb = gb.to(acc) if grad_b is None else grad_b + gb
+            (grad_b,) = ring.shift([gb])
+            if not last:
+                _wait(requests)
+                block = next_block[0]
+        return (grad_a.to(a.dtype), grad_b.to(b.dtype), grad_scale.to(scale.dtype),
+                grad_bias.to(bias.dtype), None)

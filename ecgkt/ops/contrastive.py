@@ -1,0 +1,215 @@
+"""Block primitives of the contrastive losses: the Python face of ``torch.ops.ecgkt.*``.
+
+Every loss mode (single process, all-gather, ring) is assembled from two differentiable
+primitives on one (row block ``a`` [Ba, D], column block ``b`` [Bb, D]) pair, with
+``L = s * a @ b.T`` never materialised by the compiled kernels (tiles, O(Ba + Bb) state):
+
+  clip_block_lse(a, b, s)        -> (row_lse [Ba], col_lse [Bb])
+        row_lse[i] = logsumexp_j L[i, j],  col_lse[j] = logsumexp_i L[i, j]
+  siglip_block(a, b, s, t)       -> row_sum [Ba]
+        row_sum[i] = sum_j softplus(L[i, j] + t)
+
+The positives (the diagonal of the global batch) are added by the caller with autograd, so
+the primitives need not know where the diagonal lies: for CLIP the loss is
+``mean(row_lse)/2 + mean(col_lse)/2 - mean(L_ii)`` and for SigLIP, since
+``-log sigmoid(x) = softplus(x) - x`` for the positives and ``softplus(x)`` for the negatives,
+``(sum(row_sum) - sum(L_ii + t)) / B``.
+
+Kernels: CPU in C++ (csrc/losses/cpu.cpp), CUDA in Triton (kernels/contrastive.py, registered
+here), and a materialised pure-torch reference below (used in tests, in float64, and as the
+fallback when the compiled extension is missing). Outputs are float32 (float64 for float64
+inputs); gradients come back in the inputs' dtypes.
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import _extension
+
+_OPS = ("clip_block_lse", "clip_block_lse_backward", "siglip_block", "siglip_block_backward")
+
+
+def _acc_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+# ----------------------------------------------------------------------------------------------
+# Reference (materialised logits; exact in float64)
+# ----------------------------------------------------------------------------------------------
+def _logits(a, b, scale):
+    acc = _acc_dtype(a)
+    return scale.to(acc) * (a.to(acc) @ b.to(acc).T), acc
+
+
+def clip_block_lse_reference(a, b, scale):
+    logits, _ = _logits(a, b, scale)
+    return torch.logsumexp(logits, 1), torch.logsumexp(logits, 0)
+
+
+def clip_block_lse_backward_reference(a, b, scale, row_lse, col_lse, grad_row, grad_col):
+    logits, acc = _logits(a, b, scale)
+    dlogits = grad_row.to(acc)[:, None] * torch.exp(logits - row_lse.to(acc)[:, None])
+    dlogits = dlogits + grad_col.to(acc)[None, :] * torch.exp(logits - col_lse.to(acc)[None, :])
+    return _grads_from_dlogits(a, b, scale, dlogits)
+
+
+def siglip_block_reference(a, b, scale, bias):
+    logits, acc = _logits(a, b, scale)
+    return torch.nn.functional.softplus(logits + bias.to(acc)).sum(1)
+
+
+def siglip_block_backward_reference(a, b, scale, bias, grad_row):
+    logits, acc = _logits(a, b, scale)
+    dlogits = grad_row.to(acc)[:, None] * torch.sigmoid(logits + bias.to(acc))
+    grad_a, grad_b, grad_scale = _grads_from_dlogits(a, b, scale, dlogits)
+    return grad_a, grad_b, grad_scale, dlogits.sum().to(bias.dtype).reshape(bias.shape)
+
+
+def _grads_from_dlogits(a, b, scale, dlogits):
+    acc = dlogits.dtype
+    a_, b_, s = a.to(acc), b.to(acc), scale.to(acc)
+    grad_a = s * (dlogits @ b_)
+    grad_b = s * (dlogits.T @ a_)
+    grad_scale = (dlogits * (a_ @ b_.T)).sum()
+    return grad_a.to(a.dtype), grad_b.to(b.dtype), grad_scale.to(scale.dtype).reshape(scale.shape)
+
+
+_REFERENCE = {
+    "clip_block_lse": clip_block_lse_reference,
+    "clip_block_lse_backward": clip_block_lse_backward_reference,
+    "siglip_block": siglip_block_reference,
+    "siglip_block_backward": siglip_block_backward_reference,
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Registered ops: fake kernels, autograd, CUDA (Triton) kernels
+# ----------------------------------------------------------------------------------------------
+def _registered() -> bool:
+    try:
+        return all(_extension.has_kernel(op, "CPU") for op in _OPS)
+    except RuntimeError:  # an extension built before these ops existed
+        return False
+
+
+HAS_OPS = _registered()
+
+
+def _fake_rows(a):
+    return a.new_empty((a.shape[0],), dtype=_acc_dtype(a))
+
+
+def _clip_setup(ctx, inputs, output):
+    a, b, scale = inputs
+    ctx.save_for_backward(a, b, scale, *output)
+
+
+def _clip_backward(ctx, grad_row, grad_col):
+    a, b, scale, row_lse, col_lse = ctx.saved_tensors
+    grad_row = row_lse.new_zeros(row_lse.shape) if grad_row is None else grad_row
+    grad_col = col_lse.new_zeros(col_lse.shape) if grad_col is None else grad_col
+    return run_op("clip_block_lse_backward", a, b, scale, row_lse, col_lse, grad_row, grad_col)
+
+
+def _siglip_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _siglip_backward(ctx, grad_row):
+    return run_op("siglip_block_backward", *ctx.saved_tensors, grad_row)
+
+
+if HAS_OPS:
+
+    @torch.library.register_fake("ecgkt::clip_block_lse")
+    def _(a, b, scale):
+        return _fake_rows(a), _fake_rows(b)
+
+    @torch.library.register_fake("ecgkt::clip_block_lse_backward")
+    def _(a, b, scale, row_lse, col_lse, grad_row, grad_col):
+        return torch.empty_like(a), torch.empty_like(b), torch.empty_like(scale)
+
+    @torch.library.register_fake("ecgkt::siglip_block")
+    def _(a, b, scale, bias):
+        return _fake_rows(a)
+
+    @torch.library.register_fake("ecgkt::siglip_block_backward")
+    def _(a, b, scale, bias, grad_row):
+        return torch.empty_like(a), torch.empty_like(b), torch.empty_like(scale), torch.empty_like(bias)
+
+    torch.library.register_autograd("ecgkt::clip_block_lse", _clip_backward, setup_context=_clip_setup)
+    torch.library.register_autograd("ecgkt::siglip_block", _siglip_backward, setup_context=_siglip_setup)
+
+    def _register_cuda() -> None:
+        """CUDA kernels: Triton when it is installed, else the (materialised) reference."""
+        try:
+            from ..kernels import contrastive as triton_kernels
+        except ImportError:
+            triton_kernels = None
+        for op in _OPS:
+            if _extension.has_kernel(op, "CUDA"):
+                continue  # a compiled CUDA kernel wins
+            impl = getattr(triton_kernels, op) if triton_kernels is not None else _REFERENCE[op]
+            torch.library.register_kernel(f"ecgkt::{op}", "cuda", impl)
+
+    _register_cuda()
+
+
+class _ReferenceClipBlock(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, b, scale):
+        out = clip_block_lse_reference(a, b, scale)
+        ctx.save_for_backward(a, b, scale, *out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_row, grad_col):
+        return _clip_backward(ctx, grad_row, grad_col)
+
+
+class _ReferenceSiglipBlock(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, b, scale, bias):
+        ctx.save_for_backward(a, b, scale, bias)
+        return siglip_block_reference(a, b, scale, bias)
+
+    @staticmethod
+    def backward(ctx, grad_row):
+        return _siglip_backward(ctx, grad_row)
+
+
+def run_op(op: str, *args):
+    """Runs one registered op (no autograd), or its reference when the extension is missing."""
+    if HAS_OPS:
+        return getattr(torch.ops.ecgkt, op)(*args)
+    _extension.warn_fallback(op)
+    return _REFERENCE[op](*args)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public primitives (differentiable in every argument)
+# ----------------------------------------------------------------------------------------------
+def clip_block_lse(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor):
+    """Per-row and per-column log-sum-exp of ``scale * a @ b.T`` (see the module docstring)."""
+    if HAS_OPS:
+        return torch.ops.ecgkt.clip_block_lse(a, b, scale)
+    _extension.warn_fallback("clip_block_lse")
+    return _ReferenceClipBlock.apply(a, b, scale)
+
+
+def siglip_block(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor):
+    """Per-row sums of ``softplus(scale * a @ b.T + bias)`` (see the module docstring)."""
+    if HAS_OPS:
+        return torch.ops.ecgkt.siglip_block(a, b, scale, bias)
+    _extension.warn_fallback("siglip_block")
+    return _ReferenceSiglipBlock.apply(a, b, scale, bias)
+
+
+def clip_block_lse_backward(a, b, scale, row_lse, col_lse, grad_row, grad_col):
+    """Gradients (a, b, scale) of ``<grad_row, row_lse> + <grad_col, col_lse>``, tiles recomputed."""
+    return run_op("clip_block_lse_backward", a, b, scale, row_lse, col_lse, grad_row, grad_col)
+
+
+def siglip_block_backward(a, b, scale, bias, grad_row):
+    """Gradients (a, b, scale, bias) of ``<grad_row, row_sum>``, tiles recomputed."""
+    return run_op("siglip_block_backward", a, b, scale, bias, grad_row)
