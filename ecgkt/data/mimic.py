@@ -307,7 +307,7 @@ def _add_measurements(table, mm, cfg):
     for axis in ("p_axis", "qrs_axis", "t_axis"):
         table[f"mm_{axis}"] = col(axis)
     report_cols = [c for c in mm.columns if re.fullmatch(r"report_\d+", str(c))]
-    text = mm[report_cols].fillna("").astype(str).agg(" | ".join, axis=1).str.lower() if report_cols \
+    text = mm[report_cols].astype("string").fillna("").agg(" | ".join, axis=1).str.lower() if report_cols \
         else pd.Series("", index=mm.index)
     table["report"] = text.to_numpy()
     statements = pd.DataFrame(index=table.index)

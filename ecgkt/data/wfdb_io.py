@@ -163,7 +163,10 @@ def _wfdb_header(path: Path) -> _Header:
     if getattr(h, "n_seg", None):
         raise RecordError(f"{path}.hea", "multi-segment records are not supported")
     if not h.n_sig or not h.fs or not h.sig_len:
-        raise RecordError(f"{path}.hea", "header lacks the number of signals, sampling rate or length")
+        raise RecordError(f"{path}.hea", "malformed header: no number of signals, sampling rate or length")
+    described = len(h.sig_name or [])
+    if described != h.n_sig or any(len(getattr(h, f) or []) != h.n_sig for f in ("fmt", "file_name", "adc_gain")):
+        raise RecordError(f"{path}.hea", f"malformed header: declares {h.n_sig} signals, describes {described}")
     gains = []
     for g, u in zip(h.adc_gain, h.units or ["mV"] * h.n_sig):
         scale = _UNIT_TO_MV.get(str(u or "mV").lower())
