@@ -1,0 +1,222 @@
+"""The final ECG-only model (stage 3 output) and the training-time model wrappers.
+
+``ECGKTModel`` needs only the ECG: it outputs diagnosis probabilities and lab-abnormality probabilities
+(the explanation). Saved as a folder: ``config.json`` (architecture, label names, lab names, preprocessing
+settings, provenance of the tabular normalisation used in pre-training) + ``model.safetensors``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ECGKTError
+from .encoders import ECGEncoder, LinearHead, ProjectionHead, TabularEncoder, init_logit_scale
+
+STANDARD_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT_VERSION = 1
+
+DEFAULT_PREPROCESSING = dict(highpass=0.5, lowpass=45.0, notch=60.0, target_fs=100, normalize="zscore")
+
+
+class ECGPreprocessor(nn.Module):
+    """Applies ``ecgkt.preprocess`` with the model's saved settings, on the device of the batch."""
+
+    def __init__(self, highpass=0.5, lowpass=45.0, notch=60.0, target_fs=100, normalize="zscore"):
+        super().__init__()
+        self.settings = dict(highpass=highpass, lowpass=lowpass, notch=notch, target_fs=target_fs,
+                             normalize=normalize)
+
+    @torch.no_grad()
+    def forward(self, signal, fs, gain=None, baseline=None, return_info=False):
+        from .. import preprocess  # the fused op (C++ / CUDA / Triton / reference)
+
+        s = self.settings
+        return preprocess(signal, fs, highpass=s["highpass"], lowpass=s["lowpass"], notch=s["notch"],
+                          target_fs=s["target_fs"], normalize=s["normalize"], gain=gain, baseline=baseline,
+                          return_info=return_info)
+
+
+class ContrastiveModel(nn.Module):
+    """Stage 1: ECG encoder + tabular encoder, each with a projection into the joint space."""
+
+    def __init__(self, ecg_encoder: ECGEncoder, n_tab: int, embed_dim: int, tab_hidden: int, tab_layers: int,
+                 tab_dropout: float, temperature: float):
+        super().__init__()
+        self.ecg_encoder = ecg_encoder
+        self.ecg_proj = ProjectionHead(ecg_encoder.out_dim, embed_dim)
+        self.tab_encoder = TabularEncoder(n_tab, tab_hidden, tab_layers, tab_dropout)
+        self.tab_proj = ProjectionHead(self.tab_encoder.out_dim, embed_dim)
+        self.logit_scale = init_logit_scale(temperature)
+        self.logit_bias = nn.Parameter(torch.tensor(-10.0))  # used by SigLIP only
+
+    def forward(self, x, tab, tab_mask):
+        e = nn.functional.normalize(self.ecg_proj(self.ecg_encoder(x)), dim=-1)
+        t = nn.functional.normalize(self.tab_proj(self.tab_encoder(tab, tab_mask)), dim=-1)
+        return e, t
+
+
+class MultimodalModel(nn.Module):
+    """The fully multimodal baseline: ECG and tabular embeddings concatenated, tabular data needed at inference."""
+
+    def __init__(self, ecg_encoder: ECGEncoder, n_tab: int, n_dx: int, tab_hidden: int, tab_layers: int,
+                 tab_dropout: float, head_dropout: float, prior=None):
+        super().__init__()
+        self.ecg_encoder = ecg_encoder
+        self.tab_encoder = TabularEncoder(n_tab, tab_hidden, tab_layers, tab_dropout)
+        self.dx_head = LinearHead(ecg_encoder.out_dim + self.tab_encoder.out_dim, n_dx, head_dropout, prior)
+
+    def forward(self, x, tab, tab_mask):
+        h = torch.cat([self.ecg_encoder(x), self.tab_encoder(tab, tab_mask)], dim=1)
+        return self.dx_head(h)
+
+
+@dataclasses.dataclass
+class Prediction:
+    """One record's output: probabilities keyed by label name, and the leads the preprocessing repaired."""
+
+    diagnoses: dict
+    labs: dict
+    repaired_leads: list
+    flat_leads: list
+
+    def top_diagnoses(self, k: int = 5):
+        return sorted(self.diagnoses.items(), key=lambda kv: -kv[1])[:k]
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+class ECGKTModel(nn.Module):
+    """ECG-only model: encoder -> (diagnosis head, lab-abnormality head)."""
+
+    def __init__(self, config: dict):
+        super().__init__()
+        arch = config["architecture"]
+        self.config = config
+        self.leads = list(config.get("leads", STANDARD_LEADS))
+        self.dx_names = list(config["dx_names"])
+        self.lab_label_names = list(config["lab_label_names"])
+        self.preprocessor = ECGPreprocessor(**config.get("preprocessing", DEFAULT_PREPROCESSING))
+        self.encoder = ECGEncoder(arch["size"], len(self.leads), arch.get("norm", "batch"), arch.get("dropout", 0.0))
+        self.lab_head = LinearHead(self.encoder.out_dim, len(self.lab_label_names))
+        self.dx_head = LinearHead(self.encoder.out_dim, len(self.dx_names), arch.get("head_dropout", 0.0))
+
+    @classmethod
+    def build(cls, *, size="tiny", norm="batch", dropout=0.0, head_dropout=0.0, leads=STANDARD_LEADS,
+              dx_names, lab_label_names, lab_tests=(), preprocessing=None, extra=None) -> "ECGKTModel":
+        config = dict(
+            format_version=FORMAT_VERSION,
+            model_type="ecgkt",
+            architecture=dict(size=size, norm=norm, dropout=dropout, head_dropout=head_dropout),
+            leads=list(leads), dx_names=list(dx_names), lab_label_names=list(lab_label_names),
+            lab_tests=list(lab_tests), preprocessing=dict(preprocessing or DEFAULT_PREPROCESSING),
+        )
+        config.update(extra or {})
+        return cls(config)
+
+    def forward(self, x: torch.Tensor) -> dict:
+        """x: preprocessed ECGs [B, leads, T] -> embedding, diagnosis logits and lab logits."""
+        h = self.encoder(x)
+        return dict(embedding=h, dx_logits=self.dx_head(h), lab_logits=self.lab_head(h))
+
+    # --- persistence -------------------------------------------------------------------------
+    def save_pretrained(self, directory) -> Path:
+        """Writes config.json + model.safetensors atomically (a reader never sees a half-written folder)."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        tmp_w, tmp_c = directory / (WEIGHTS_NAME + ".tmp"), directory / (CONFIG_NAME + ".tmp")
+        save_file(state, str(tmp_w), metadata={"format": "pt"})
+        tmp_c.write_text(json.dumps(self.config, indent=2))
+        os.replace(tmp_w, directory / WEIGHTS_NAME)
+        os.replace(tmp_c, directory / CONFIG_NAME)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory, map_location="cpu") -> "ECGKTModel":
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        cfg_path, w_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+        for p in (cfg_path, w_path):
+            if not p.is_file():
+                raise ECGKTError(f"{directory}: not an ecgkt model folder ({p.name} is missing)")
+        try:
+            config = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as e:
+            raise ECGKTError(f"{cfg_path}: malformed JSON ({e})") from None
+        if config.get("model_type") != "ecgkt":
+            raise ECGKTError(f"{cfg_path}: model_type is {config.get('model_type')!r}, expected 'ecgkt'")
+        if config.get("format_version", 0) > FORMAT_VERSION:
+            raise ECGKTError(f"{cfg_path}: format_version {config['format_version']} is newer than this ecgkt "
+                             f"supports ({FORMAT_VERSION}); upgrade ecgkt")
+        model = cls(config)
+        state = load_file(str(w_path), device=str(map_location))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ECGKTError(f"{w_path}: weights do not match config.json (missing {missing[:3]}, "
+                             f"unexpected {unexpected[:3]})")
+        return model.eval()
+
+    # --- inference ---------------------------------------------------------------------------
+    def lead_index(self, leads) -> list[int]:
+        """Positions in `leads` of the model's leads, matched by name case-insensitively."""
+        pos = {str(name).strip().lower(): i for i, name in enumerate(leads)}
+        missing = [name for name in self.leads if name.lower() not in pos]
+        if missing:
+            raise ECGKTError(f"the record lacks lead(s) {', '.join(missing)} that the model needs "
+                             f"(it has {', '.join(map(str, leads))})")
+        return [pos[name.lower()] for name in self.leads]
+
+    @torch.no_grad()
+    def predict_proba(self, signal, fs, leads=STANDARD_LEADS, gain=None, baseline=None):
+        """signal [leads, T] or [B, leads, T] (mV, or int16 ADC units with gain/baseline) -> (dx, lab, info)."""
+        x = torch.as_tensor(np.asarray(signal)) if not torch.is_tensor(signal) else signal
+        if x.dim() == 2:
+            x = x.unsqueeze(0)
+        if x.dim() != 3:
+            raise ECGKTError(f"signal must be [leads, samples] or [records, leads, samples], got shape {tuple(x.shape)}")
+        if x.shape[1] != len(leads):
+            raise ECGKTError(f"signal has {x.shape[1]} leads but {len(leads)} lead names were given")
+        idx = self.lead_index(leads)
+        device = next(self.parameters()).device
+        x = x[:, idx].to(device)
+
+        def _by_lead(v):
+            v = torch.as_tensor(v, dtype=torch.float32)
+            return v[..., idx].to(device) if v.dim() >= 1 and v.shape[-1] == len(leads) else v.to(device)
+
+        gain = None if gain is None else _by_lead(gain)
+        baseline = None if baseline is None else _by_lead(baseline)
+        info = self.preprocessor(x, fs, gain=gain, baseline=baseline, return_info=True)
+        out = self(info.signal.float())
+        return torch.sigmoid(out["dx_logits"]).cpu(), torch.sigmoid(out["lab_logits"]).cpu(), info
+
+    def predict(self, signal, fs, leads=STANDARD_LEADS, gain=None, baseline=None):
+        """Diagnosis and lab-abnormality probabilities with names: a Prediction, or a list for a batch."""
+        batched = (signal.ndim if hasattr(signal, "ndim") else np.asarray(signal).ndim) == 3
+        was_training = self.training
+        self.eval()
+        try:
+            dx, lab, info = self.predict_proba(signal, fs, leads, gain, baseline)
+        finally:
+            self.train(was_training)
+        results = []
+        for b in range(dx.shape[0]):
+            results.append(Prediction(
+                diagnoses={n: float(p) for n, p in zip(self.dx_names, dx[b])},
+                labs={n: float(p) for n, p in zip(self.lab_label_names, lab[b])},
+                repaired_leads=[self.leads[i] for i in torch.nonzero(info.repaired[b].cpu()).flatten().tolist()],
+                flat_leads=[self.leads[i] for i in torch.nonzero(info.flat[b].cpu()).flatten().tolist()],
+            ))
+        return results if batched else results[0]
