@@ -9,6 +9,7 @@ Public API:
 from . import _extension
 from .ops.preprocess import PreprocessResult, preprocess
 from . import losses
+from .models import ECGKTModel
 
 __version__ = "0.1.0"
 __all__ = ["__version__"]
