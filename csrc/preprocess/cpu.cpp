@@ -1,0 +1,169 @@
+// CPU kernel of ecgkt::preprocess (schema in csrc/registry.cpp, semantics in ecgkt/ops/preprocess.py).
+// Checks the arguments, picks the widest instruction set this CPU has (AVX-512, AVX2+FMA or the x86-64
+// baseline; ECGKT_CPU_ISA=baseline|avx2|avx512 caps it), and runs the block kernel of cpu_kernel.h over
+// blocks of 16 float32 (8 float64) rows in parallel with at::parallel_for. The robust normalisation's
+// medians are finished here, per block, right after the block kernel (nth_element in the baseline ISA).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "preprocess/cpu_params.h"
+
+namespace ecgkt {
+namespace preprocess_cpu {
+namespace {
+
+BlockFn choose_block_fn(bool dbl) {
+  const char* cap_env = std::getenv("ECGKT_CPU_ISA");
+  const std::string cap = cap_env ? cap_env : "";
+  TORCH_CHECK(cap.empty() || cap == "baseline" || cap == "avx2" || cap == "avx512",
+              "ECGKT_CPU_ISA must be baseline, avx2 or avx512, got '", cap, "'");
+#if defined(__x86_64__) || defined(_M_X64)
+  __builtin_cpu_init();
+  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (avx512 && (cap.empty() || cap == "avx512")) return block_fn_avx512(dbl);
+  if (avx2 && cap != "baseline") return block_fn_avx2(dbl);
+#endif
+  return block_fn_baseline(dbl);
+}
+
+double median_inplace(double* v, int64_t n) {
+  const int64_t mid = n / 2;
+  std::nth_element(v, v + mid, v + n);
+  const double upper = v[mid];
+  if (n % 2) return upper;
+  return 0.5 * (upper + *std::max_element(v, v + mid));
+}
+
+// Robust normalisation of finished rows: (y - median) / (1.4826 MAD); z-score when the MAD is ~0.
+template <typename T>
+void robust_rows(T* out, int32_t* flags, int64_t row0, int64_t row1, int64_t n, std::vector<double>& tmp) {
+  tmp.resize(n);
+  for (int64_t row = row0; row < row1; ++row) {
+    if (flags[row] & 2) continue;  // already zeros
+    T* y = out + row * n;
+    for (int64_t i = 0; i < n; ++i) tmp[i] = double(y[i]);
+    const double med = median_inplace(tmp.data(), n);
+    for (int64_t i = 0; i < n; ++i) tmp[i] = std::abs(double(y[i]) - med);
+    const double mad = median_inplace(tmp.data(), n);
+    double shift = med, scale;
+    if (mad > 1e-8) {
+      scale = 1.0 / (1.4826 * mad);
+    } else {
+      double sum = 0, ss = 0;
+      for (int64_t i = 0; i < n; ++i) sum += double(y[i]);
+      shift = sum / double(n);
+      for (int64_t i = 0; i < n; ++i) ss += (double(y[i]) - shift) * (double(y[i]) - shift);
+      const double sd = std::sqrt(ss / double(n));
+      if (sd <= 1e-8) {
+        std::fill(y, y + n, T(0));
+        flags[row] |= 2;
+        continue;
+      }
+      scale = 1.0 / sd;
+    }
+    for (int64_t i = 0; i < n; ++i) y[i] = T((double(y[i]) - shift) * scale);
+  }
+}
+
+struct FreeDeleter {
+  void operator()(void* p) const { std::free(p); }
+};
+
+std::tuple<at::Tensor, at::Tensor> preprocess_cpu(const at::Tensor& signal, const at::Tensor& gain,
+                                                  const at::Tensor& baseline, const at::Tensor& sos,
+                                                  const at::Tensor& zi, int64_t padlen, const at::Tensor& fir,
+                                                  int64_t up, int64_t down, int64_t normalize) {
+  TORCH_CHECK(signal.dim() == 2, "ecgkt::preprocess: signal must be [N, T], got ", signal.sizes());
+  const int64_t N = signal.size(0), T = signal.size(1);
+  TORCH_CHECK(T >= 1, "ecgkt::preprocess: signal needs at least one sample");
+  int input_type;
+  switch (signal.scalar_type()) {
+    case at::kHalf: input_type = kHalf; break;
+    case at::kBFloat16: input_type = kBFloat16; break;
+    case at::kFloat: input_type = kFloat; break;
+    case at::kDouble: input_type = kDouble; break;
+    case at::kShort: input_type = kInt16; break;
+    default: TORCH_CHECK(false, "ecgkt::preprocess: signal dtype must be float16/bfloat16/float32/float64/int16, got ",
+                         signal.scalar_type());
+  }
+  TORCH_CHECK(gain.scalar_type() == at::kFloat && gain.dim() == 1 && gain.size(0) == N,
+              "ecgkt::preprocess: gain must be float32 [N]");
+  TORCH_CHECK(baseline.scalar_type() == at::kFloat && baseline.dim() == 1 && baseline.size(0) == N,
+              "ecgkt::preprocess: baseline must be float32 [N]");
+  TORCH_CHECK(sos.scalar_type() == at::kDouble && sos.dim() == 2 && sos.size(1) == 6,
+              "ecgkt::preprocess: sos must be float64 [S, 6]");
+  TORCH_CHECK(zi.scalar_type() == at::kDouble && zi.dim() == 2 && zi.size(0) == sos.size(0) && zi.size(1) == 2,
+              "ecgkt::preprocess: zi must be float64 [S, 2]");
+  TORCH_CHECK(fir.scalar_type() == at::kDouble && fir.dim() == 1, "ecgkt::preprocess: fir must be float64 [K]");
+  TORCH_CHECK(up >= 1 && down >= 1, "ecgkt::preprocess: up and down must be >= 1");
+  const bool resample = up != 1 || down != 1;
+  TORCH_CHECK(!resample || fir.size(0) % 2 == 1, "ecgkt::preprocess: fir must have an odd number of taps");
+  TORCH_CHECK(padlen >= 0, "ecgkt::preprocess: padlen must be >= 0");
+  TORCH_CHECK(normalize >= 0 && normalize <= 2, "ecgkt::preprocess: normalize must be 0, 1 or 2");
+  for (const at::Tensor* t : {&signal, &gain, &baseline, &sos, &zi, &fir})
+    TORCH_CHECK(t->device().is_cpu(), "ecgkt::preprocess (CPU kernel): all tensors must be on the CPU");
+
+  const bool dbl = signal.scalar_type() == at::kDouble;
+  const int64_t T_out = resample ? (T * up + down - 1) / down : T;
+  auto x = signal.contiguous();
+  auto g = gain.contiguous(), b = baseline.contiguous();
+  auto sos_c = sos.contiguous(), zi_c = zi.contiguous(), fir_c = fir.contiguous();
+  auto out = at::empty({N, T_out}, signal.options().dtype(dbl ? at::kDouble : at::kFloat));
+  auto flags = at::empty({N}, signal.options().dtype(at::kInt));
+  if (N == 0) return {out, flags};
+
+  Problem p;
+  p.x = x.data_ptr();
+  p.input_type = input_type;
+  p.n_rows = N;
+  p.T = T;
+  p.gain = g.data_ptr<float>();
+  p.baseline = b.data_ptr<float>();
+  p.sos = sos_c.data_ptr<double>();
+  p.zi = zi_c.data_ptr<double>();
+  p.S = int(sos.size(0));
+  p.pad = p.S > 0 ? std::min<int64_t>(padlen, T - 1) : 0;
+  p.fir = fir_c.data_ptr<double>();
+  p.K = fir.size(0);
+  p.up = up;
+  p.down = down;
+  p.T_out = T_out;
+  p.zscore = normalize == 1;
+  p.out = out.data_ptr();
+  p.flags = flags.data_ptr<int32_t>();
+
+  const BlockFn block = choose_block_fn(dbl);
+  const int64_t rows = dbl ? kRowsDouble : kRowsFloat;
+  const int64_t n_blocks = (N + rows - 1) / rows;
+  const size_t bytes = size_t((scratch_bytes(p, dbl) + 63) / 64 * 64);
+  at::parallel_for(0, n_blocks, 1, [&](int64_t b0, int64_t b1) {
+    std::unique_ptr<void, FreeDeleter> scratch(std::aligned_alloc(64, bytes));
+    TORCH_CHECK(scratch, "ecgkt::preprocess: out of memory for a ", bytes, "-byte scratch buffer");
+    std::vector<double> tmp;
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      block(p, blk * rows, scratch.get());
+      if (normalize == 2) {
+        const int64_t r0 = blk * rows, r1 = std::min(N, r0 + rows);
+        if (dbl) robust_rows(static_cast<double*>(p.out), p.flags, r0, r1, T_out, tmp);
+        else robust_rows(static_cast<float*>(p.out), p.flags, r0, r1, T_out, tmp);
+      }
+    }
+  });
+  return {out, flags};
+}
+
+}  // namespace
+}  // namespace preprocess_cpu
+}  // namespace ecgkt
+
+TORCH_LIBRARY_IMPL(ecgkt, CPU, m) { m.impl("preprocess", &ecgkt::preprocess_cpu::preprocess_cpu); }
