@@ -1,0 +1,83 @@
+"""Exported models give the eager model's outputs on the same inputs."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ecgkt import _extension
+from ecgkt.predict.export import NetworkProbabilities, example_inputs, export_model, load_exported
+from predict_helpers import make_model, run_cli
+
+needs_kernel = pytest.mark.skipif(not _extension.has_kernel("preprocess", "CPU"),
+                                  reason="the compiled ecgkt preprocess CPU kernel is not built in this install")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return make_model(seed=1)
+
+
+def _eager_network(model, x):
+    with torch.no_grad():
+        out = model(x)
+    return torch.sigmoid(out["dx_logits"]), torch.sigmoid(out["lab_logits"])
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".pt2"])
+def test_network_only_parity(tmp_path, model, suffix):
+    path = export_model(model, tmp_path / f"net{suffix}", network_only=True, seconds=7.3)
+    exported = load_exported(path)
+    for batch in (1, 5):  # the batch dimension is dynamic
+        (x,) = example_inputs(model, 100, 7.3, batch=batch, network_only=True, seed=batch)
+        ref = _eager_network(model, x)
+        with torch.no_grad():
+            got = exported(x)
+        for g, r in zip(got, ref):
+            torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
+    meta = json.loads((tmp_path / f"net{suffix}.json").read_text())
+    assert meta["dx_names"] == model.dx_names and meta["input_samples"] == 730 and not meta["with_preprocessing"]
+
+
+def test_onnx_parity(tmp_path, model):
+    pytest.importorskip("onnx", reason="ONNX export is the optional 'onnx' extra")
+    pytest.importorskip("onnxruntime", reason="ONNX export is the optional 'onnx' extra")
+    path = export_model(model, tmp_path / "net.onnx")
+    run = load_exported(path)
+    (x,) = example_inputs(model, 100, 10, batch=3, network_only=True, seed=3)
+    ref = _eager_network(model, x)
+    for g, r in zip(run(x), ref):
+        np.testing.assert_allclose(g, r.numpy(), rtol=1e-4, atol=1e-5)
+
+
+@needs_kernel
+@pytest.mark.parametrize("suffix", [".pt", ".pt2"])
+def test_with_preprocessing_parity(tmp_path, model, suffix):
+    """Raw int16 ECG at 500 Hz in, probabilities out: same as the eager preprocessor + network."""
+    path = export_model(model, tmp_path / f"full{suffix}", fs=500, seconds=10)
+    exported = load_exported(path)
+    signal, gain, baseline = example_inputs(model, 500, 10, batch=3, seed=7)
+    gain = gain * torch.linspace(0.5, 2.0, 12)  # per-lead gains must be honoured
+    with torch.no_grad():
+        info = model.preprocessor(signal, 500, gain=gain, baseline=baseline, return_info=True)
+        ref = _eager_network(model, info.signal.float())
+        got = exported(signal, gain, baseline)
+    for g, r in zip(got, ref):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
+
+
+def test_network_module_matches_model_forward(model):
+    (x,) = example_inputs(model, 100, 10, batch=2, network_only=True)
+    with torch.no_grad():
+        got = NetworkProbabilities(model)(x)
+    for g, r in zip(got, _eager_network(model, x)):
+        torch.testing.assert_close(g, r)
+
+
+def test_cli_export(tmp_path, model):
+    model_dir = model.save_pretrained(tmp_path / "model")
+    r = run_cli("export", model_dir, "--out", tmp_path / "m.pt", "--network-only")
+    assert r.returncode == 0, r.stderr
+    assert torch.jit.load(str(tmp_path / "m.pt")) is not None
+    r = run_cli("export", model_dir, "--out", tmp_path / "m.zip")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "m.zip" in r.stderr

@@ -1,0 +1,259 @@
+"""`ecgkt predict`: input expansion, batched windowed inference, explanations, bad input, CLI."""
+import csv
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import wfdb
+
+from ecgkt.data.wfdb_io import STANDARD_LEADS, read_record
+from ecgkt.errors import RecordError
+from ecgkt.predict.explanations import explain, explain_all, load_table, parse_lab_output
+from ecgkt.predict.inference import Predictor, RecordResult, window_starts
+from ecgkt.predict.inputs import Failure, expand_inputs, read_npy
+from predict_helpers import DX_NAMES, LAB_NAMES, make_model, run_cli, synthetic_ecg
+
+
+@pytest.fixture(scope="module")
+def model():
+    return make_model()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, model):
+    return model.save_pretrained(tmp_path_factory.mktemp("model"))
+
+
+def write_wfdb(folder, name, mv, fs, leads, gain=200.0, fmt="16"):
+    d = np.round(np.nan_to_num(mv.T) * gain).astype(np.int32)
+    wfdb.wrsamp(name, fs=fs, units=["mV"] * len(leads), sig_name=list(leads), d_signal=d, fmt=[fmt] * len(leads),
+                adc_gain=[gain] * len(leads), baseline=[0] * len(leads), write_dir=str(folder))
+    return folder / name
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory):
+    """One file per bad-input case, each with the words its error message must contain."""
+    d = tmp_path_factory.mktemp("bad")
+    holter = write_wfdb(d, "holter", synthetic_ecg(10, 250)[:2], 250, ["MLII", "V5"])
+    trunc = write_wfdb(d, "trunc", synthetic_ecg(10, 500), 500, STANDARD_LEADS)
+    with open(d / "trunc.dat", "r+b") as f:
+        f.truncate(40000)
+    (d / "garbled.hea").write_text("garbled header with no numbers\nnot a signal line\n")
+    (d / "garbled.dat").write_bytes(b"\0" * 1000)
+    (d / "broken.dcm").write_bytes(b"this is not DICOM at all" * 10)
+    (d / "broken.npy").write_bytes(b"\x93NUMPY garbage")
+    return {
+        "two-lead": (holter.with_suffix(".hea"), "holter.hea", "missing standard lead"),
+        "truncated": (trunc.with_suffix(".hea"), "trunc.dat", "truncated"),
+        "malformed header": (d / "garbled.hea", "garbled.hea", "header"),
+        "unreadable DICOM": (d / "broken.dcm", "broken.dcm", "DICOM"),
+        "unreadable npy": (d / "broken.npy", "broken.npy", "npy"),
+    }
+
+
+# --------------------------------------------------------------------------------------------- explanations
+
+def test_explanation_table_is_complete_and_parsed():
+    table, aliases = load_table()
+    assert len(table) >= 30
+    for (lab, direction), assoc in table.items():
+        assert direction in ("low", "high") and assoc.association and assoc.strength
+    assert parse_lab_output("potassium_high") == ("potassium", "high")
+    assert parse_lab_output("Potassium (low)") == ("potassium", "low")
+    assert parse_lab_output("50971_high") == ("potassium", "high")
+    assert parse_lab_output("high troponin T") == ("troponin", "high")
+    assert parse_lab_output("BUN high") == ("urea nitrogen", "high")
+
+
+def test_explanation_text_reads_like_the_issue():
+    f = explain("potassium_high", 0.812)
+    assert f.text().startswith("potassium high 0.81 \u2014 associated with peaked")
+    assert "negative control" in explain("sodium_low", 0.6).text()
+    unknown = explain("unobtainium_high", 0.9)
+    assert unknown.strength == "unknown" and "no ECG association documented" in unknown.text()
+    found = explain_all(["potassium_high", "calcium_low", "sodium_high"], [0.7, 0.2, 0.9], threshold=0.5)
+    assert [x.output for x in found] == ["sodium_high", "potassium_high"]
+
+
+# ------------------------------------------------------------------------------------------------- inputs
+
+def test_expand_inputs_every_kind(tmp_path):
+    mv = synthetic_ecg(10, 500)
+    (tmp_path / "wf").mkdir()
+    write_wfdb(tmp_path / "wf", "a", mv, 500, STANDARD_LEADS)
+    np.save(tmp_path / "b.npy", mv)
+    (tmp_path / "notes.md").write_text("not a record")
+    # a MIMIC-style root: record_list.csv with bare record paths
+    rec = tmp_path / "mimic" / "files" / "p1000" / "p10000032" / "s40689238"
+    rec.mkdir(parents=True)
+    write_wfdb(rec, "40689238", mv, 500, STANDARD_LEADS)
+    (tmp_path / "mimic" / "record_list.csv").write_text(
+        "subject_id,study_id,file_name,ecg_time,path\n"
+        "10000032,40689238,40689238,2180-07-23 08:44:00,files/p1000/p10000032/s40689238/40689238\n")
+    (tmp_path / "list.txt").write_text(f"# records\n{tmp_path}/wf/a\nb.npy\nmissing_record\n")
+
+    s, f = expand_inputs([tmp_path / "wf"])
+    assert [(x.path.name, x.kind) for x in s] == [("a", "wfdb")] and not f
+    s, f = expand_inputs([tmp_path / "wf" / "a.dat", tmp_path / "wf" / "a.hea", tmp_path / "wf" / "a"])
+    assert len(s) == 1 and not f  # three spellings of one record, once
+    s, f = expand_inputs([tmp_path / "mimic"])
+    assert [x.path for x in s] == [rec / "40689238"] and not f
+    s, f = expand_inputs([tmp_path / "list.txt"])
+    assert [x.kind for x in s] == ["wfdb", "npy"]
+    assert [x.problem for x in f] == ["no such file or folder"] and f[0].name.endswith("missing_record")
+    s, f = expand_inputs([tmp_path / "notes.md", tmp_path / "nowhere"])
+    assert not s and "not a WFDB record" in f[0].problem and f[1].problem == "no such file or folder"
+
+
+def test_dicom_detected_by_content(tmp_path, pydicom_ecg_path):
+    copy = tmp_path / "ecg_without_suffix"
+    shutil.copy(pydicom_ecg_path, copy)
+    s, f = expand_inputs([copy])
+    assert [x.kind for x in s] == ["dicom"] and not f
+
+
+def test_npy_needs_fs_and_leads(tmp_path):
+    np.save(tmp_path / "x.npy", synthetic_ecg(5, 250).T)  # [samples, leads] is accepted too
+    with pytest.raises(RecordError, match="--fs"):
+        read_npy(tmp_path / "x.npy", None, list(STANDARD_LEADS))
+    rec = read_npy(tmp_path / "x.npy", 250, [n.lower() for n in STANDARD_LEADS])
+    assert rec.signal.shape == (12, 1250) and rec.fs == 250
+    np.testing.assert_allclose(rec.physical(), synthetic_ecg(5, 250), atol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------- inference
+
+def test_window_starts_cover_the_record():
+    assert window_starts(5000, 5000) == [0]
+    assert window_starts(7400, 5000) == [0]  # up to 1.5 windows: scored whole
+    starts = window_starts(17500, 5000)
+    assert starts[0] == 0 and starts[-1] == 12500 and len(starts) == 4
+
+
+def test_cinc_records_predict(cinc_dir, model):
+    predictor = Predictor(model, batch_size=4)  # 10 records over 3 batches
+    sources, failures = expand_inputs([cinc_dir])
+    out = list(predictor.run(sources))
+    assert len(out) == 10 and not failures
+    for source, record, result in out:
+        assert isinstance(result, RecordResult), result
+        assert result.fs == 500 and result.n_windows == 1 and abs(result.duration_s - 10) < 1e-9
+        assert [n for n, _ in sorted(result.diagnoses)] == sorted(DX_NAMES)
+        assert all(0 <= p <= 1 for _, p in result.diagnoses)
+        assert sorted(f.output for f in result.labs) == sorted(LAB_NAMES)
+        # the model's own eager predict on the same record gives the same numbers
+        eager = model.predict(record.signal, record.fs, STANDARD_LEADS, gain=record.gain, baseline=record.baseline)
+        for name, p in result.diagnoses:
+            assert p == pytest.approx(eager.diagnoses[name], abs=1e-5)
+        for f in result.labs:
+            assert f.probability == pytest.approx(eager.labs[f.output], abs=1e-5)
+    # records differ, so do their predictions
+    assert len({round(r.diagnoses[0][1], 6) for _, _, r in out}) > 1
+
+
+def test_pydicom_ecg_predicts(pydicom_ecg_path, model):
+    (source, record, result), = Predictor(model).run(expand_inputs([pydicom_ecg_path])[0])
+    assert isinstance(result, RecordResult), result
+    assert result.fs == 1000 and result.duration_s == pytest.approx(10.0)
+    assert all(0 <= p <= 1 for _, p in result.diagnoses)
+
+
+def test_lead_order_case_gain_extra_signals_and_rate_do_not_change_the_answer(tmp_path, model):
+    mv = synthetic_ecg(10, 500, seed=3)
+    base = write_wfdb(tmp_path, "base", mv, 500, STANDARD_LEADS, gain=1000)
+    # PTB-like: lower-case names, shuffled, three extra Frank leads (same quantisation: same answer)
+    perm = np.random.default_rng(0).permutation(12)
+    extra = np.vstack([mv[perm], 0.1 * mv[:3]])
+    names = [STANDARD_LEADS[i].lower() for i in perm] + ["vx", "vy", "vz"]
+    ptb = write_wfdb(tmp_path, "ptb", extra, 500, names, gain=1000)
+    coarse = write_wfdb(tmp_path, "coarse", mv, 500, STANDARD_LEADS, gain=200)  # MIMIC's 5 uV steps
+    # the same signal at 1000 Hz in format 212
+    from scipy.signal import resample_poly
+
+    fast = write_wfdb(tmp_path, "fast", resample_poly(mv, 2, 1, axis=1), 1000, STANDARD_LEADS, gain=200, fmt="212")
+    results = [r for _, _, r in Predictor(model).run(expand_inputs([base, ptb, coarse, fast])[0])]
+    assert all(isinstance(r, RecordResult) for r in results), results
+    ref = dict(results[0].diagnoses)
+    for other, tol in ((results[1], 1e-5), (results[2], 1e-2), (results[3], 2e-2)):
+        for name, p in other.diagnoses:
+            assert p == pytest.approx(ref[name], abs=tol)
+    assert results[3].fs == 1000
+
+
+def test_long_record_windows_are_averaged(tmp_path, model):
+    mv = synthetic_ecg(35, 250, seed=5)
+    np.save(tmp_path / "long.npy", mv)
+    predictor = Predictor(model)
+    (_, record, result), = predictor.run(expand_inputs([tmp_path / "long.npy"])[0], fs=250, leads=STANDARD_LEADS)
+    assert result.n_windows == 4
+    per_window = [predictor.predict(record.physical()[:, s:s + 2500], 250) for s in window_starts(8750, 2500)]
+    for k, (name, p) in enumerate(result.diagnoses):
+        assert p == pytest.approx(np.mean([dict(w.diagnoses)[name] for w in per_window]), abs=1e-4)
+
+
+def test_invalid_samples_and_flat_leads_are_reported(model):
+    mv = synthetic_ecg(10, 500, seed=7)
+    mv[3, 1000:1100] = np.nan  # a gap in aVR: interpolated
+    mv[8, :] = 0.0  # V3 flat
+    result = Predictor(model).predict(mv, 500)
+    assert result.repaired_leads == ["aVR"] and result.flat_leads == ["V3"]
+    assert any("V3" in w for w in result.warnings) and any("aVR" in w for w in result.warnings)
+
+
+def test_bad_inputs_fail_alone_with_the_file_named(bad_inputs, model, tmp_path):
+    good = tmp_path / "good.npy"
+    np.save(good, synthetic_ecg(10, 500))
+    paths = [good] + [p for p, _, _ in bad_inputs.values()]
+    out = list(Predictor(model).run(expand_inputs(paths)[0], fs=500, leads=STANDARD_LEADS))
+    assert isinstance(out[0][2], RecordResult)
+    for (case, (_, filename, words)), (_, record, failure) in zip(bad_inputs.items(), out[1:]):
+        assert record is None and isinstance(failure, Failure), case
+        assert filename in failure.name and words.lower() in failure.problem.lower(), (case, failure)
+        assert "\n" not in failure.line()
+
+
+def test_too_short_record_is_a_failure(model):
+    with pytest.raises(RecordError, match="at least 1 s"):
+        Predictor(model).predict(synthetic_ecg(0.5, 500), 500)
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+
+def test_cli_bad_inputs_one_line_each(bad_inputs, model_dir, tmp_path):
+    for case, (path, filename, words) in bad_inputs.items():
+        if case != "two-lead":
+            continue  # every case in one batch below; one single-file run checks the single-error form
+        r = run_cli("predict", model_dir, path)
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("ecgkt: error: ") and filename in lines[0], r.stderr
+    good = tmp_path / "good.npy"
+    np.save(good, synthetic_ecg(10, 500))
+    r = run_cli("predict", model_dir, good, *[p for p, _, _ in bad_inputs.values()], "--fs", "500",
+                "--leads", "standard", "--format", "json")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    doc = json.loads(r.stdout)
+    assert [x["record"] for x in doc["results"]] == [str(good)]
+    assert len(doc["failures"]) == len(bad_inputs)
+    tail = r.stderr.strip().splitlines()[-len(bad_inputs):]
+    for line, (_, filename, _) in zip(tail, bad_inputs.values()):
+        assert filename in line
+
+
+def test_cli_table_and_csv(cinc_dir, model_dir, tmp_path):
+    r = run_cli("predict", model_dir, cinc_dir / "E07500.hea", cinc_dir / "E07501", "--format", "csv")
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert [row["record"].rsplit("/", 1)[-1] for row in rows] == ["E07500", "E07501"]
+    assert all(0 <= float(row[f"dx:{n}"]) <= 1 for row in rows for n in DX_NAMES)
+    r = run_cli("predict", model_dir, cinc_dir / "E07502.hea", "--lab-threshold", "0")
+    assert r.returncode == 0 and "diagnoses" in r.stdout and "associated with" in r.stdout, r.stderr
+
+
+def test_cli_missing_model_is_one_line(tmp_path):
+    r = run_cli("predict", tmp_path / "no_model", tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "no_model" in r.stderr
