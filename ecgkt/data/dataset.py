@@ -9,7 +9,7 @@ Each item is a dict::
     lab_y     float32 [2L]    <test>_low, <test>_high for each lab test (0 where unknown)
     lab_mask  bool [2L]       True = label known
     dx_y      float32 [C]     multi-label diagnoses (ICD-10 codes, report statements)
-    index, subject_id, study_id   int64
+    index, subject_id, study_id   int64 (index = row of the store's cohort table)
 
 Signals are not filtered here: the model runs ``ecgkt.preprocess`` on the batch's device. The
 memmap is opened lazily in each worker process, so the dataset can be used with any number of
@@ -46,7 +46,8 @@ class ECGDataset(Dataset):
         else:
             folds = [int(f) for f in np.atleast_1d(folds)]
             rows = np.flatnonzero(np.isin(all_folds, folds))
-        self.rows = rows.astype(np.int64)  # store row of each item
+        self.rows = rows.astype(np.int64)  # cohort position of each item (the item's ``index``)
+        self.signal_rows = self.store.rows[rows]  # its row in the signal file
         self.folds = all_folds[rows]
         self.subject_id = cohort["subject_id"].to_numpy(dtype=np.int64)[rows]
         self.study_id = cohort["study_id"].to_numpy(dtype=np.int64)[rows]
@@ -56,8 +57,8 @@ class ECGDataset(Dataset):
         self.lab_mask = ~np.isnan(lab)
         self.lab_y = np.nan_to_num(lab, nan=0.0)
         self.dx_y = np.nan_to_num(_columns(cohort, self.dx_names, rows), nan=0.0)
-        self.gains = self.store.gains[rows]
-        self.baselines = self.store.baselines[rows]
+        self.gains = self.store.gains[self.signal_rows]
+        self.baselines = self.store.baselines[self.signal_rows]
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -68,7 +69,7 @@ class ECGDataset(Dataset):
         i = int(i) % len(self)
         row = int(self.rows[i])
         return {
-            "signal": torch.from_numpy(np.array(self.store.signals[row])),
+            "signal": torch.from_numpy(np.array(self.store.signals[self.signal_rows[i]])),
             "gain": torch.from_numpy(self.gains[i].copy()),
             "baseline": torch.from_numpy(self.baselines[i].copy()),
             "tab": torch.from_numpy(self.tab[i].copy()),

@@ -4,15 +4,17 @@ memory-mapped int16 array, with the cohort table beside it.
 Layout of a store folder::
 
     manifest.json     format version, shape, fs, leads, the settings used; written last
-    signals.int16     raw int16 [N, 12, T], standard lead order, -32768 = missing sample
-    gains.npy         float32 [N, 12] adu/mV      baselines.npy  float32 [N, 12] adu
-    cohort.parquet    one row per stored record (row i <-> signals[i])
+    signals.int16     raw int16 [R, 12, T], standard lead order, -32768 = missing sample;
+                      one row per *listed* record (a skipped record's row stays unused)
+    gains.npy         float32 [R, 12] adu/mV      baselines.npy  float32 [R, 12] adu
+    cohort.parquet    one row per stored record; its ``row`` column indexes signals/gains/baselines
     meta.json         names of the feature / label column groups (see mimic.Cohort)
     skipped.csv       records left out, with the reason      summary.json  counts
 
-While it runs, ``prepare`` keeps its progress in ``work/``: the cohort table, then one file per
-chunk of records, each written to a temporary name and renamed when complete. Interrupted, it
-resumes from the chunks already there; the finished store is identical either way.
+Workers write each record straight into its row of ``signals.int16`` (no second copy on disk,
+which matters at MIMIC scale: ~100 GB). A chunk of records counts as done once its small marker
+file (gains, baselines, skip reasons) has been renamed into ``work/chunks``; an interrupted run
+redoes only the chunks without a marker, and the finished store is identical either way.
 """
 from __future__ import annotations
 
@@ -78,30 +80,36 @@ def _atomic_npy(path: Path, arr: np.ndarray) -> None:
 # conversion of one chunk (runs in the worker processes)
 
 def _convert_chunk(args) -> tuple[int, int]:
-    """Read the records of one chunk and save them as ``chunk_<k>.npz``; returns (k, n_bad)."""
-    k, paths, fs, n_samples, out_path = args
+    """Read the records of one chunk into their rows of the signal file, then save the chunk's
+    marker ``chunk_<k>.npz``; returns (k, number skipped)."""
+    k, first_row, paths, fs, n_samples, signals_path, n_rows, marker = args
     n = len(paths)
-    signals = np.full((n, 12, n_samples), INVALID, dtype=np.int16)
+    signals = np.memmap(signals_path, dtype=np.int16, mode="r+", shape=(n_rows, 12, n_samples))
     gains = np.zeros((n, 12), dtype=np.float32)
     baselines = np.zeros((n, 12), dtype=np.float32)
     reasons = [""] * n
     for i, path in enumerate(paths):
+        out = signals[first_row + i]
         try:
             rec = read_record(path)
             _validate(rec, fs, n_samples)
         except RecordError as e:
             reasons[i] = str(e)
-            continue
         except Exception as e:  # a reader bug must not stop the whole run; list it as a skip
-            reasons[i] = f"unreadable ({type(e).__name__}: {e})"
+            reasons[i] = f"{path}: unreadable ({type(e).__name__}: {e})"
+        if reasons[i]:
+            out[:] = INVALID
             continue
-        m = min(rec.n_samples, n_samples)
-        signals[i, :, :m] = rec.signal[:, :m]
+        out[:] = rec.signal[:, :n_samples]
         gains[i], baselines[i] = rec.gain, rec.baseline
-    tmp = Path(str(out_path) + ".tmp")
+    signals.flush()  # samples on disk before the marker says so
+    del signals
+    tmp = Path(str(marker) + ".tmp")
     with open(tmp, "wb") as f:
-        np.savez(f, signals=signals, gains=gains, baselines=baselines, reasons=np.array(reasons, dtype=object))
-    os.replace(tmp, out_path)
+        np.savez(f, gains=gains, baselines=baselines, reasons=np.array(reasons, dtype=np.str_))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, marker)
     return k, sum(bool(r) for r in reasons)
 
 
@@ -158,6 +166,8 @@ def prepare(roots, out_dir, config: CohortConfig | None = None, *, workers: int 
     if state_path.exists() and json.loads(state_path.read_text()).get("fingerprint") != fingerprint:
         shutil.rmtree(work)  # progress of a run with other settings: start over
         (work / "chunks").mkdir(parents=True)
+    if not state_path.exists():
+        (out / "signals.int16").unlink(missing_ok=True)  # rows of an abandoned run
 
     # 1. the cohort table (kept so a resumed run does not rebuild it)
     if not state_path.exists():
@@ -176,19 +186,24 @@ def prepare(roots, out_dir, config: CohortConfig | None = None, *, workers: int 
     table = pd.read_parquet(work / "cohort_all.parquet")
     store_fs, store_len = state["fs"], state["n_samples"]
 
-    # 2. chunks of records -> chunk files (parallel, resumable)
+    # 2. chunks of records -> rows of the signal file + marker files (parallel, resumable)
     paths = table["record"].tolist()
-    n_chunks = (len(paths) + chunk_size - 1) // chunk_size
-    chunk_file = [work / "chunks" / f"chunk_{k:06d}.npz" for k in range(n_chunks)]
-    todo = [(k, paths[k * chunk_size:(k + 1) * chunk_size], store_fs, store_len, str(chunk_file[k]))
-            for k in range(n_chunks) if not chunk_file[k].exists()]
+    n_rows = len(paths)
+    signals_path = out / "signals.int16"
+    if not signals_path.exists():
+        tmp = out / "signals.int16.tmp"
+        np.memmap(tmp, dtype=np.int16, mode="w+", shape=(n_rows, 12, store_len)).flush()  # sparse file
+        os.replace(tmp, signals_path)
+    n_chunks = (n_rows + chunk_size - 1) // chunk_size
+    markers = [work / "chunks" / f"chunk_{k:06d}.npz" for k in range(n_chunks)]
+    todo = [(k, k * chunk_size, paths[k * chunk_size:(k + 1) * chunk_size], store_fs, store_len,
+             str(signals_path), n_rows, str(markers[k])) for k in range(n_chunks) if not markers[k].exists()]
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(paths), initial=len(paths) - sum(len(t[1]) for t in todo), desc="prepare",
-                   unit=" rec")
-    sizes = {t[0]: len(t[1]) for t in todo}
+        bar = tqdm(total=n_rows, initial=n_rows - sum(len(t[2]) for t in todo), desc="prepare", unit=" rec")
+    sizes = {t[0]: len(t[2]) for t in todo}
     try:
         for k, _ in _run_chunks(todo, workers):
             if bar is not None:
@@ -199,8 +214,8 @@ def prepare(roots, out_dir, config: CohortConfig | None = None, *, workers: int 
         if bar is not None:
             bar.close()
 
-    # 3. assemble the final files, then the manifest (its presence marks a finished store)
-    return _assemble(out, work, table, state, chunk_file, fingerprint, settings, progress)
+    # 3. the small files, then the manifest (its presence marks a finished store)
+    return _finish(out, work, table, state, markers, fingerprint, settings, progress)
 
 
 def _first_header(records):
@@ -223,53 +238,39 @@ def _run_chunks(todo, workers):
         yield from pool.imap_unordered(_convert_chunk, todo)
 
 
-def _assemble(out, work, table, state, chunk_file, fingerprint, settings, progress) -> "ECGStore":
-    n_samples = state["n_samples"]
-    reasons = []
-    for f in chunk_file:
-        with np.load(f, allow_pickle=True) as z:
+def _finish(out, work, table, state, markers, fingerprint, settings, progress) -> "ECGStore":
+    gains, baselines, reasons = [], [], []
+    for f in markers:
+        with np.load(f) as z:
+            gains.append(z["gains"])
+            baselines.append(z["baselines"])
             reasons.extend(z["reasons"].tolist())
     ok = np.array([not r for r in reasons], dtype=bool)
-    n = int(ok.sum())
-    tmp_signals = out / "signals.int16.tmp"
-    signals = np.memmap(tmp_signals, dtype=np.int16, mode="w+", shape=(max(n, 1), 12, n_samples))
-    gains = np.zeros((n, 12), dtype=np.float32)
-    baselines = np.zeros((n, 12), dtype=np.float32)
-    row = 0
-    for f in chunk_file:
-        with np.load(f, allow_pickle=True) as z:
-            good = np.array([not r for r in z["reasons"].tolist()], dtype=bool)
-            m = int(good.sum())
-            if m:
-                signals[row:row + m] = z["signals"][good]
-                gains[row:row + m] = z["gains"][good]
-                baselines[row:row + m] = z["baselines"][good]
-            row += m
-    signals.flush()
-    del signals
-    os.replace(tmp_signals, out / "signals.int16")
-    _atomic_npy(out / "gains.npy", gains)
-    _atomic_npy(out / "baselines.npy", baselines)
-    _atomic_parquet(out / "cohort.parquet", table[ok].reset_index(drop=True))
+    n_rows = len(table)
+    _atomic_npy(out / "gains.npy", np.concatenate(gains) if gains else np.zeros((0, 12), np.float32))
+    _atomic_npy(out / "baselines.npy", np.concatenate(baselines) if baselines else np.zeros((0, 12), np.float32))
+    cohort = table.assign(row=np.arange(n_rows, dtype=np.int64))[ok].reset_index(drop=True)
+    _atomic_parquet(out / "cohort.parquet", cohort)
     skipped = table.loc[~ok, ["subject_id", "study_id", "record"]].copy()
     skipped["reason"] = [r for r in reasons if r]
     tmp = out / "skipped.csv.tmp"
     skipped.to_csv(tmp, index=False)
     os.replace(tmp, out / "skipped.csv")
-    meta = dict(state["meta"], fs=state["fs"], n_samples=n_samples, leads=list(STANDARD_LEADS))
+    meta = dict(state["meta"], fs=state["fs"], n_samples=state["n_samples"], leads=list(STANDARD_LEADS))
     _atomic_json(out / "meta.json", meta)
-    summary = {"records_listed": len(table), "records_stored": n, "records_skipped": int((~ok).sum()),
+    n = int(ok.sum())
+    summary = {"records_listed": n_rows, "records_stored": n, "records_skipped": n_rows - n,
                "skip_reasons": _reason_counts(skipped["reason"])}
     _atomic_json(out / "summary.json", summary)
     _atomic_json(out / "manifest.json", {"fingerprint": fingerprint, "format_version": FORMAT_VERSION,
-                                         "n_records": n, "n_leads": 12, "n_samples": n_samples,
-                                         "fs": state["fs"], "leads": list(STANDARD_LEADS),
-                                         "settings": settings})
+                                         "n_records": n, "n_rows": n_rows, "n_leads": 12,
+                                         "n_samples": state["n_samples"], "fs": state["fs"],
+                                         "leads": list(STANDARD_LEADS), "settings": settings})
     shutil.rmtree(work, ignore_errors=True)
     if progress or len(skipped):
-        print(f"ecgkt prepare: stored {n} of {len(table)} records in {out}", file=sys.stderr)
-        for sid, path, reason in zip(skipped["study_id"], skipped["record"], skipped["reason"]):
-            print(f"  skipped study {sid} ({path}): {reason}", file=sys.stderr)
+        print(f"ecgkt prepare: stored {n} of {n_rows} records in {out}", file=sys.stderr)
+        for sid, reason in zip(skipped["study_id"], skipped["reason"]):
+            print(f"  skipped study {sid}: {reason}", file=sys.stderr)
     return ECGStore(out)
 
 
@@ -285,8 +286,11 @@ def _reason_counts(reasons) -> dict:
 # reading a store
 
 class ECGStore:
-    """Direct access to a finished store: ``cohort`` (DataFrame), ``signals`` (memmap
-    [N, 12, T] int16), ``gains`` / ``baselines`` (float32 [N, 12]), ``meta``."""
+    """Direct access to a finished store.
+
+    ``cohort`` (DataFrame, one row per stored record), ``signals`` (int16 memmap
+    [R, 12, T] indexed by ``cohort["row"]``), ``gains`` / ``baselines`` (float32 [R, 12]),
+    ``meta``; ``signal(i)`` / ``record(i)`` take a cohort position ``i``."""
 
     def __init__(self, path):
         self.path = Path(path)
@@ -302,35 +306,36 @@ class ECGStore:
         self.leads = list(self.manifest["leads"])
         self.n_samples = int(self.manifest["n_samples"])
         self._n = int(self.manifest["n_records"])
+        self._n_rows = int(self.manifest["n_rows"])
         self.gains = np.load(self.path / "gains.npy")
         self.baselines = np.load(self.path / "baselines.npy")
-        self._cohort = None
+        self.cohort = pd.read_parquet(self.path / "cohort.parquet")
+        self.rows = self.cohort["row"].to_numpy(dtype=np.int64)
         self._signals = None
 
     def __len__(self) -> int:
         return self._n
 
     @property
-    def cohort(self) -> pd.DataFrame:
-        if self._cohort is None:
-            self._cohort = pd.read_parquet(self.path / "cohort.parquet")
-        return self._cohort
-
-    @property
     def signals(self) -> np.ndarray:
-        """The int16 [N, 12, T] memmap, opened on first use (so each process opens its own)."""
+        """The int16 [R, 12, T] memmap, opened on first use (so each process opens its own)."""
         if self._signals is None:
             self._signals = np.memmap(self.path / "signals.int16", dtype=np.int16, mode="r",
-                                      shape=(max(self._n, 1), 12, self.n_samples))[:self._n]
+                                      shape=(self._n_rows, 12, self.n_samples))
         return self._signals
 
     @property
     def skipped(self) -> pd.DataFrame:
         return pd.read_csv(self.path / "skipped.csv")
 
+    def signal(self, i: int) -> np.ndarray:
+        """int16 [12, T] samples of cohort row ``i`` (a copy)."""
+        return np.array(self.signals[self.rows[i]])
+
     def record(self, i: int) -> ECGRecord:
-        """Row ``i`` as an :class:`ECGRecord` (a copy of the samples)."""
-        return ECGRecord(np.array(self.signals[i]), self.gains[i].copy(), self.baselines[i].copy(), self.fs,
+        """Cohort row ``i`` as an :class:`ECGRecord`."""
+        r = self.rows[i]
+        return ECGRecord(self.signal(i), self.gains[r].copy(), self.baselines[r].copy(), self.fs,
                          str(self.cohort["record"].iat[i]))
 
     def __getstate__(self):
