@@ -9,6 +9,7 @@ Public API:
 from . import _extension
 from .ops.preprocess import PreprocessResult, preprocess
 from . import losses
+from . import data
 from .models import ECGKTModel
 
 __version__ = "0.1.0"

@@ -6,10 +6,12 @@
   read_labevents(path, itemids)     streaming, filtered labevents reader
   prepare(roots, out_dir)           the signal store (`ecgkt prepare`); ECGStore reads it
   ECGDataset(store_dir, folds)      torch Dataset over a store (imported lazily: needs torch)
+  generate(out_dir, patients, seed) the synthetic MIMIC-shaped dataset (`ecgkt synth`)
 """
 from .labevents import read_labevents
 from .mimic import CohortConfig, Cohort, build_cohort, find_roots, subject_folds
 from .store import ECGStore, prepare
+from .synth import SynthConfig, generate
 from .wfdb_io import INVALID, STANDARD_LEADS, ECGRecord, iter_windows, read_header, read_record
 
 
@@ -23,13 +25,9 @@ def __getattr__(name):
         from .dicom_io import read_dicom
 
         return read_dicom
-    if name == "generate":
-        from .synth import generate
-
-        return generate
     raise AttributeError(f"module 'ecgkt.data' has no attribute {name!r}")
 
 
 __all__ = ["INVALID", "STANDARD_LEADS", "ECGRecord", "read_record", "read_header", "iter_windows",
            "read_dicom", "read_labevents", "CohortConfig", "Cohort", "build_cohort", "find_roots",
-           "subject_folds", "prepare", "ECGStore", "ECGDataset", "generate"]
+           "subject_folds", "prepare", "ECGStore", "ECGDataset", "generate", "SynthConfig"]
