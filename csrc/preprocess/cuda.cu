@@ -1,0 +1,706 @@
+// CUDA kernel of ecgkt::preprocess (the exact function is in ecgkt/ops/preprocess.py and
+// docs: convert -> repair -> flat check -> sosfiltfilt (odd extension) -> resample_poly -> normalise).
+//
+// Design (one fused pass over memory: each input sample is read once, each output written once):
+//  * One thread block per lead (row). The odd-extended row (T + 2P samples) is staged in shared memory
+//    when it fits (~55k float32 samples on an H100), otherwise in a global workspace row (L2-resident),
+//    with the identical code path (generic pointers).
+//  * The IIR cascade is a linear time-invariant recurrence, so it parallelises over time as a chunked
+//    scan. Each thread owns kChunk consecutive samples of a tile (blockDim * kChunk samples) in registers
+//    and the cascade is applied section by section (state dimension 2):
+//      pass 1: run the section over the chunk from a zero state -> the chunk's end state g_i;
+//      scan:   true end states h_i = sum_{j<=i} A^{(i-j)L} g_j by a Kogge-Stone scan of 2-vectors with
+//              precomputed transfer matrices A^{kL} (warp shuffles, then one warp over the warp totals);
+//      pass 2: rerun the chunk from the true start state h_{i-1}, writing the outputs in place.
+//    Rows longer than a tile carry each section's state from tile to tile. The backward (reverse-time)
+//    pass is the same scan in reverse thread order. The transfer matrices are computed per block in
+//    float64 (binary powering of the 2x2 companion matrix), so no host sync or extra launch is needed.
+//  * Invalid-sample repair (rare) uses block max/min scans of the nearest valid index; flat/all-invalid
+//    rows exit early with zeros. Polyphase resampling reads the filtered row from shared memory, and the
+//    z-score uses two block reductions (mean, then centred sum of squares) before the single store.
+//  * Robust normalisation computes its two medians with ATen sort on the unnormalised kernel output
+//    (allowed by the spec); everything else is fused.
+// Compute type: float32 for every input dtype except float64 (float64 throughout).
+#ifdef ECGKT_CUDA_EMULATION  // plain C++ on the CPU, for tests without a GPU (see cuda_emulation.h)
+#include "cuda_emulation.h"
+#else
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <cuda_runtime.h>
+#define ECGKT_DYNAMIC_SHARED(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+namespace ecgkt {
+namespace {
+
+constexpr int kChunk = 15;           // samples per thread per tile; odd -> conflict-free strided smem access
+// Threads per block at most: 64 registers per thread for float32, 128 for float64 (no spills).
+template <typename acc_t>
+constexpr int max_threads() { return sizeof(acc_t) == 8 ? 512 : 1024; }
+constexpr int kPowers = 32 + 5;      // R_k = A^{kL} for k = 1..32, then Q_d = A^{32L 2^d} for d = 0..4
+constexpr int kCoefs = 8;            // b0 b1 b2 a1 a2 zi0 zi1 (normalised by a0), one spare
+constexpr int kTable = kPowers * 4 + kCoefs;
+constexpr float kFlatPtp = 1e-6f;    // mV: peak-to-peak at most this is a flat lead
+constexpr double kZeroScale = 1e-8;  // a std at most this is zero
+
+template <typename acc_t>
+struct Params {
+  const void* x;
+  const float* gain;
+  const float* baseline;
+  const double* sos;
+  const double* zi;
+  const acc_t* fir;
+  acc_t* out;
+  int32_t* flags;
+  acc_t* work;  // [N, T_ext] global staging when the row does not fit in shared memory, else nullptr
+  int S, K, up, down, half, normalize;
+  int T, P, T_ext, T_out;
+};
+
+// ------------------------------------------------------------------------------------------------
+// input conversion
+// ------------------------------------------------------------------------------------------------
+template <typename in_t>
+struct Input {
+  template <typename acc_t>
+  static __device__ __forceinline__ acc_t load(const in_t* x, int i, acc_t base, acc_t gain, bool& bad) {
+    acc_t v = (static_cast<acc_t>(static_cast<float>(x[i])) - base) / gain;
+    bad = !isfinite(v);
+    return v;
+  }
+};
+template <>
+struct Input<double> {
+  template <typename acc_t>
+  static __device__ __forceinline__ acc_t load(const double* x, int i, acc_t base, acc_t gain, bool& bad) {
+    acc_t v = (static_cast<acc_t>(x[i]) - base) / gain;
+    bad = !isfinite(v);
+    return v;
+  }
+};
+template <>
+struct Input<int16_t> {
+  template <typename acc_t>
+  static __device__ __forceinline__ acc_t load(const int16_t* x, int i, acc_t base, acc_t gain, bool& bad) {
+    int16_t raw = x[i];
+    bad = raw == INT16_MIN;  // WFDB format-16 "no sample"
+    return (static_cast<acc_t>(raw) - base) / gain;
+  }
+};
+
+// ------------------------------------------------------------------------------------------------
+// block-wide helpers (blockDim.x is a multiple of 32)
+// ------------------------------------------------------------------------------------------------
+struct Sum {
+  template <typename T>
+  __device__ T operator()(T a, T b) const { return a + b; }
+};
+struct Max {
+  template <typename T>
+  __device__ T operator()(T a, T b) const { return a > b ? a : b; }
+};
+struct Min {
+  template <typename T>
+  __device__ T operator()(T a, T b) const { return a < b ? a : b; }
+};
+
+// All-reduce over the block; every thread gets the result. `scratch` holds 32 values.
+template <typename T, typename Op>
+__device__ T block_all_reduce(T v, Op op, T identity, T* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
+  __syncthreads();  // scratch may still be read by a previous call
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < nwarps ? scratch[lane] : identity;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Rank of this thread in scan order: ascending thread index forward, descending backward.
+__device__ __forceinline__ int scan_rank(bool backward) {
+  return backward ? static_cast<int>(blockDim.x) - 1 - static_cast<int>(threadIdx.x) : threadIdx.x;
+}
+// Value held by the thread `o` ranks earlier in scan order, within the warp.
+template <typename T>
+__device__ __forceinline__ T shfl_prev(T v, int o, bool backward) {
+  return backward ? __shfl_down_sync(0xffffffffu, v, o) : __shfl_up_sync(0xffffffffu, v, o);
+}
+
+// Exclusive scan of ints in scan order (identity for rank 0). `scratch` holds 32 ints.
+template <typename Op>
+__device__ int block_exclusive_scan(int v, Op op, int identity, bool backward, int* scratch) {
+  const int rank = scan_rank(backward), lane = rank & 31, warp = rank >> 5;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    int other = shfl_prev(v, o, backward);
+    if (lane >= o) v = op(v, other);
+  }
+  __syncthreads();
+  if (lane == 31) scratch[warp] = v;
+  __syncthreads();
+  int before = identity;
+  for (int w = 0; w < warp; ++w) before = op(before, scratch[w]);
+  int inclusive = op(before, v);
+  int prev = shfl_prev(inclusive, 1, backward);
+  return lane == 0 ? before : prev;
+}
+
+// ------------------------------------------------------------------------------------------------
+// the chunked scan of one second-order section
+// ------------------------------------------------------------------------------------------------
+struct Mat2 {
+  double a, b, c, d;
+};
+__device__ Mat2 mat_mul(const Mat2& x, const Mat2& y) {
+  return {x.a * y.a + x.b * y.c, x.a * y.b + x.b * y.d, x.c * y.a + x.d * y.c, x.c * y.b + x.d * y.d};
+}
+// A^e for the zero-input state update of a transposed direct-form II section: (z0, z1) <- (z1 - a1 z0, -a2 z0).
+__device__ Mat2 companion_power(double a1, double a2, long long e) {
+  Mat2 result{1, 0, 0, 1}, base{-a1, 1, -a2, 0};
+  while (e > 0) {
+    if (e & 1) result = mat_mul(result, base);
+    base = mat_mul(base, base);
+    e >>= 1;
+  }
+  return result;
+}
+
+template <typename acc_t>
+__device__ __forceinline__ void mat_vec_add(const acc_t* m, acc_t x0, acc_t x1, acc_t& y0, acc_t& y1) {
+  y0 += m[0] * x0 + m[1] * x1;
+  y1 += m[2] * x0 + m[3] * x1;
+}
+
+// Inclusive scan h_i = sum_{j<=i} A^{(i-j)L} g_j over the block in scan order. Returns the inclusive
+// state in (h0, h1) and the previous rank's inclusive state (this chunk's true start) in (e0, e1).
+// `scratch` holds 128 values.
+template <typename acc_t>
+__device__ void scan_section_states(const acc_t* table, bool backward, acc_t& h0, acc_t& h1, acc_t& e0, acc_t& e1,
+                                    acc_t* scratch) {
+  const int rank = scan_rank(backward), lane = rank & 31, warp = rank >> 5, nwarps = blockDim.x >> 5;
+#pragma unroll
+  for (int d = 0; d < 5; ++d) {
+    const int o = 1 << d;
+    acc_t p0 = shfl_prev(h0, o, backward), p1 = shfl_prev(h1, o, backward);
+    if (lane >= o) mat_vec_add(table + (o - 1) * 4, p0, p1, h0, h1);  // R_o = A^{oL}
+  }
+  __syncthreads();  // scratch reuse
+  if (lane == 31) {
+    scratch[2 * warp] = h0;
+    scratch[2 * warp + 1] = h1;
+  }
+  __syncthreads();
+  if (threadIdx.x < 32) {  // one warp scans the warp totals (lane = warp rank)
+    const int w = threadIdx.x;
+    acc_t t0 = w < nwarps ? scratch[2 * w] : acc_t(0), t1 = w < nwarps ? scratch[2 * w + 1] : acc_t(0);
+#pragma unroll
+    for (int d = 0; d < 5; ++d) {
+      const int o = 1 << d;
+      acc_t p0 = __shfl_up_sync(0xffffffffu, t0, o), p1 = __shfl_up_sync(0xffffffffu, t1, o);
+      if (w >= o) mat_vec_add(table + (32 + d) * 4, p0, p1, t0, t1);  // Q_d = A^{32L 2^d}
+    }
+    if (w < nwarps) {
+      scratch[64 + 2 * w] = t0;
+      scratch[64 + 2 * w + 1] = t1;
+    }
+  }
+  __syncthreads();
+  acc_t w0 = 0, w1 = 0;  // true state at the end of the previous warp's last chunk
+  if (warp > 0) {
+    w0 = scratch[64 + 2 * (warp - 1)];
+    w1 = scratch[64 + 2 * (warp - 1) + 1];
+  }
+  mat_vec_add(table + lane * 4, w0, w1, h0, h1);  // R_{lane+1}: lane+1 chunks from there to here
+  acc_t p0 = shfl_prev(h0, 1, backward), p1 = shfl_prev(h1, 1, backward);
+  e0 = lane == 0 ? w0 : p0;
+  e1 = lane == 0 ? w1 : p1;
+}
+
+// One transposed direct-form II step.
+template <typename acc_t>
+__device__ __forceinline__ acc_t biquad_step(acc_t x, acc_t& z0, acc_t& z1, acc_t b0, acc_t b1, acc_t b2, acc_t a1,
+                                             acc_t a2) {
+  acc_t y = b0 * x + z0;
+  z0 = b1 * x - a1 * y + z1;
+  z1 = b2 * x - a2 * y;
+  return y;
+}
+
+// Filters one tile (held in registers, r[k] = buf[base + k]) through the whole cascade in one direction.
+// `carry` holds each section's state entering this tile (zi * first input for the first tile) and is
+// updated to the state leaving it. `limit` is T_ext: samples at or beyond it are skipped.
+template <typename acc_t>
+__device__ __forceinline__ void filter_tile(acc_t (&r)[kChunk], int base, int limit, bool backward, int origin, int S,
+                            const acc_t* tables, acc_t* carry, acc_t* scratch) {
+  const bool is_origin = static_cast<int>(threadIdx.x) == origin;
+  const bool last_rank = scan_rank(backward) == static_cast<int>(blockDim.x) - 1;
+  __syncthreads();  // the previous tile's carry writes (with one section there is no barrier in between)
+  for (int s = 0; s < S; ++s) {
+    const acc_t* table = tables + s * kTable;
+    const acc_t* c = table + kPowers * 4;
+    const acc_t b0 = c[0], b1 = c[1], b2 = c[2], a1 = c[3], a2 = c[4];
+    acc_t init0 = 0, init1 = 0;
+    if (is_origin) {
+      init0 = carry[2 * s];
+      init1 = carry[2 * s + 1];
+    }
+    // pass 1: zero-state run (the origin starts from the true initial state)
+    acc_t z0 = init0, z1 = init1;
+    if (!backward) {
+#pragma unroll
+      for (int k = 0; k < kChunk; ++k)
+        if (base + k < limit) biquad_step(r[k], z0, z1, b0, b1, b2, a1, a2);
+    } else {
+#pragma unroll
+      for (int k = kChunk - 1; k >= 0; --k)
+        if (base + k < limit) biquad_step(r[k], z0, z1, b0, b1, b2, a1, a2);
+    }
+    acc_t e0, e1;
+    scan_section_states(table, backward, z0, z1, e0, e1, scratch);
+    if (last_rank) {  // the origin read its carry before the scan's barriers
+      carry[2 * s] = z0;
+      carry[2 * s + 1] = z1;
+    }
+    // pass 2: rerun from the true start state, writing the section's output in place
+    z0 = is_origin ? init0 : e0;
+    z1 = is_origin ? init1 : e1;
+    if (!backward) {
+#pragma unroll
+      for (int k = 0; k < kChunk; ++k)
+        if (base + k < limit) r[k] = biquad_step(r[k], z0, z1, b0, b1, b2, a1, a2);
+    } else {
+#pragma unroll
+      for (int k = kChunk - 1; k >= 0; --k)
+        if (base + k < limit) r[k] = biquad_step(r[k], z0, z1, b0, b1, b2, a1, a2);
+    }
+  }
+}
+
+template <typename acc_t>
+__device__ __forceinline__ void load_chunk(acc_t (&r)[kChunk], const acc_t* buf, int base, int limit) {
+#pragma unroll
+  for (int k = 0; k < kChunk; ++k) r[k] = base + k < limit ? buf[base + k] : acc_t(0);
+}
+template <typename acc_t>
+__device__ __forceinline__ void store_chunk(const acc_t (&r)[kChunk], acc_t* buf, int base, int limit) {
+#pragma unroll
+  for (int k = 0; k < kChunk; ++k)
+    if (base + k < limit) buf[base + k] = r[k];
+}
+
+// Sets each section's carry to zi * x0 (the steady state for a step of height x0).
+template <typename acc_t>
+__device__ void init_carry(const acc_t* tables, int S, acc_t x0, acc_t* carry) {
+  for (int s = threadIdx.x; s < S; s += blockDim.x) {
+    const acc_t* c = tables + s * kTable + kPowers * 4;
+    carry[2 * s] = c[5] * x0;
+    carry[2 * s + 1] = c[6] * x0;
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// the kernel: one block per row
+// ------------------------------------------------------------------------------------------------
+template <typename in_t, typename acc_t>
+__global__ void __launch_bounds__(max_threads<acc_t>()) preprocess_kernel(Params<acc_t> p) {
+  ECGKT_DYNAMIC_SHARED(smem_raw);
+  const int S = p.S;
+  acc_t* tables = reinterpret_cast<acc_t*>(smem_raw);  // S * kTable
+  acc_t* carry = tables + S * kTable;                   // 2S
+  acc_t* scan_scratch = carry + 2 * S;                  // 128
+  acc_t* red = scan_scratch + 128;                      // 32
+  acc_t* bcast = red + 32;                              // 8
+  int* ired = reinterpret_cast<int*>(bcast + 8);        // 32
+  const int64_t row = blockIdx.x;
+  const int tid = threadIdx.x, nthreads = blockDim.x;
+  const int T = p.T, P = p.P, T_ext = p.T_ext, T_out = p.T_out;
+  acc_t* buf;   // the odd-extended row, T_ext samples
+  acc_t* obuf;  // the resampled row, T_out samples
+  if (p.work == nullptr) {
+    buf = reinterpret_cast<acc_t*>(ired + 32);
+    obuf = buf + T_ext;
+  } else {
+    buf = p.work + row * T_ext;
+    obuf = p.out + row * T_out;
+  }
+  acc_t* out = p.out + row * T_out;
+
+  // transfer matrices and coefficients of each section, in float64 then rounded
+  for (int i = tid; i < S * kPowers; i += nthreads) {
+    const int s = i / kPowers, j = i % kPowers;
+    const double* sec = p.sos + 6 * s;
+    const long long e = j < 32 ? static_cast<long long>(j + 1) * kChunk : (32LL * kChunk) << (j - 32);
+    Mat2 m = companion_power(sec[4] / sec[3], sec[5] / sec[3], e);
+    acc_t* dst = tables + s * kTable + j * 4;
+    dst[0] = static_cast<acc_t>(m.a);
+    dst[1] = static_cast<acc_t>(m.b);
+    dst[2] = static_cast<acc_t>(m.c);
+    dst[3] = static_cast<acc_t>(m.d);
+  }
+  for (int s = tid; s < S; s += nthreads) {
+    const double* sec = p.sos + 6 * s;
+    acc_t* c = tables + s * kTable + kPowers * 4;
+    for (int q = 0; q < 3; ++q) c[q] = static_cast<acc_t>(sec[q] / sec[3]);
+    c[3] = static_cast<acc_t>(sec[4] / sec[3]);
+    c[4] = static_cast<acc_t>(sec[5] / sec[3]);
+    c[5] = static_cast<acc_t>(p.zi[2 * s]);
+    c[6] = static_cast<acc_t>(p.zi[2 * s + 1]);
+  }
+
+  // 1. convert into buf[P + t]; invalid samples become NaN; count them and the range of valid values
+  const in_t* x = static_cast<const in_t*>(p.x) + row * T;
+  const acc_t gain = static_cast<acc_t>(p.gain[row]), base = static_cast<acc_t>(p.baseline[row]);
+  int n_bad = 0;
+  acc_t lo = INFINITY, hi = -INFINITY;
+  for (int t = tid; t < T; t += nthreads) {
+    bool bad;
+    acc_t v = Input<in_t>::load(x, t, base, gain, bad);
+    if (bad) {
+      ++n_bad;
+      v = NAN;
+    } else {
+      lo = v < lo ? v : lo;
+      hi = v > hi ? v : hi;
+    }
+    buf[P + t] = v;
+  }
+  n_bad = block_all_reduce(n_bad, Sum(), 0, ired);
+  lo = block_all_reduce(lo, Min(), acc_t(INFINITY), red);
+  hi = block_all_reduce(hi, Max(), acc_t(-INFINITY), red);
+  int flags = n_bad > 0 ? 1 : 0;
+  if (n_bad == T || hi - lo <= static_cast<acc_t>(kFlatPtp)) {  // all invalid or flat: zeros
+    for (int n = tid; n < T_out; n += nthreads) out[n] = 0;
+    if (tid == 0) p.flags[row] = flags | 2;
+    return;
+  }
+
+  // 2. repair: linear interpolation between the nearest valid samples (edges hold the end value)
+  if (n_bad > 0) {
+    const int seg = (T + nthreads - 1) / nthreads, t0 = min(T, tid * seg), t1 = min(T, t0 + seg);
+    int last_valid = -1, first_valid = T;
+    for (int t = t0; t < t1; ++t)
+      if (!isnan(buf[P + t])) {
+        last_valid = t;
+        if (first_valid == T) first_valid = t;
+      }
+    int prev = block_exclusive_scan(last_valid, Max(), -1, false, ired);
+    int after = block_exclusive_scan(first_valid, Min(), T, true, ired);
+    int next = -1;  // next valid index for the current invalid run
+    for (int t = t0; t < t1; ++t) {
+      acc_t v = buf[P + t];
+      if (!isnan(v)) {
+        prev = t;
+        continue;
+      }
+      if (next <= t) {
+        next = t + 1;
+        while (next < t1 && isnan(buf[P + next])) ++next;
+        if (next == t1) next = after;
+      }
+      acc_t filled;
+      if (prev < 0) {
+        filled = buf[P + next];
+      } else if (next >= T) {
+        filled = buf[P + prev];
+      } else {
+        acc_t vp = buf[P + prev], vn = buf[P + next];
+        filled = vp + (vn - vp) * static_cast<acc_t>(t - prev) / static_cast<acc_t>(next - prev);
+      }
+      buf[P + t] = filled;  // only invalid samples are written: no other thread reads them
+    }
+  }
+  __syncthreads();
+
+  // 3. zero-phase filter: odd extension, forward cascade, backward cascade
+  if (S > 0) {
+    const acc_t v0 = buf[P], vl = buf[P + T - 1];
+    for (int j = tid; j < P; j += nthreads) {
+      buf[P - 1 - j] = 2 * v0 - buf[P + 1 + j];
+      buf[P + T + j] = 2 * vl - buf[P + T - 2 - j];
+    }
+    __syncthreads();
+    const int tile = nthreads * kChunk, n_tiles = (T_ext + tile - 1) / tile;
+    acc_t r[kChunk];
+    init_carry(tables, S, buf[0], carry);
+    __syncthreads();
+    for (int i = 0; i < n_tiles; ++i) {
+      const int start = i * tile, chunk_base = start + tid * kChunk;
+      load_chunk(r, buf, chunk_base, T_ext);
+      filter_tile(r, chunk_base, T_ext, false, 0, S, tables, carry, scan_scratch);
+      if (n_tiles > 1) store_chunk(r, buf, chunk_base, T_ext);
+    }
+    __syncthreads();
+    // the backward pass starts from zi * (last forward output)
+    if (n_tiles == 1) {
+      const int owner = (T_ext - 1) / kChunk;
+      if (tid == owner) {
+#pragma unroll
+        for (int k = 0; k < kChunk; ++k)
+          if (owner * kChunk + k == T_ext - 1) bcast[0] = r[k];
+      }
+    } else if (tid == 0) {
+      bcast[0] = buf[T_ext - 1];
+    }
+    __syncthreads();
+    init_carry(tables, S, bcast[0], carry);
+    __syncthreads();
+    for (int i = n_tiles - 1; i >= 0; --i) {
+      const int start = i * tile, chunk_base = start + tid * kChunk;
+      const int origin = (min(start + tile, T_ext) - 1 - start) / kChunk;
+      if (n_tiles > 1) load_chunk(r, buf, chunk_base, T_ext);
+      filter_tile(r, chunk_base, T_ext, true, origin, S, tables, carry, scan_scratch);
+      store_chunk(r, buf, chunk_base, T_ext);
+    }
+    __syncthreads();
+  }
+
+  // 4. resample (polyphase, zero outside the row) into obuf; sum for the mean
+  const acc_t* y = buf + P;
+  const bool resample = p.up != 1 || p.down != 1;
+  acc_t sum = 0;
+  if (resample) {
+    const int up = p.up, K = p.K;
+    for (int n = tid; n < T_out; n += nthreads) {
+      const long long r = static_cast<long long>(n) * p.down + p.half;
+      const int k0 = static_cast<int>(r % up);
+      const long long m0 = (r - k0) / up;  // y index of tap k0
+      const long long j_lo = m0 - (T - 1) > 0 ? m0 - (T - 1) : 0;
+      const long long j_hi = min(static_cast<long long>((K - 1 - k0) / up), m0);
+      acc_t acc = 0;
+      for (long long j = j_lo; j <= j_hi; ++j) acc += p.fir[k0 + j * up] * y[m0 - j];
+      obuf[n] = acc;
+      sum += acc;
+    }
+  } else {
+    for (int n = tid; n < T_out; n += nthreads) sum += y[n];
+  }
+  const acc_t* res = resample ? obuf : y;
+
+  // 5. normalise and store
+  acc_t mean = 0, scale = 1;
+  if (p.normalize == 1) {
+    mean = block_all_reduce(sum, Sum(), acc_t(0), red) / static_cast<acc_t>(T_out);
+    acc_t ss = 0;
+    for (int n = tid; n < T_out; n += nthreads) {
+      acc_t d = res[n] - mean;
+      ss += d * d;
+    }
+    const acc_t std = sqrt(block_all_reduce(ss, Sum(), acc_t(0), red) / static_cast<acc_t>(T_out));
+    if (!(std > static_cast<acc_t>(kZeroScale))) {
+      for (int n = tid; n < T_out; n += nthreads) out[n] = 0;
+      if (tid == 0) p.flags[row] = flags | 2;
+      return;
+    }
+    scale = acc_t(1) / std;
+  }
+  for (int n = tid; n < T_out; n += nthreads) out[n] = (res[n] - mean) * scale;
+  if (tid == 0) p.flags[row] = flags;
+}
+
+// ------------------------------------------------------------------------------------------------
+// host side
+// ------------------------------------------------------------------------------------------------
+struct LaunchConfig {
+  int threads;
+  size_t smem;          // dynamic shared memory bytes
+  bool global_staging;  // the row lives in a global workspace instead of shared memory
+};
+
+// Enough threads for one tile to cover the extended row (tile = threads * kChunk), at most thread_cap
+// (a multiple of 32); the row and the resampled row in shared memory when they fit in smem_limit.
+template <typename acc_t>
+LaunchConfig launch_config(int S, int T_ext, int T_out, bool resample, long long smem_limit, int thread_cap) {
+  const int needed = (T_ext + kChunk - 1) / kChunk;
+  const int threads = std::min(thread_cap, std::max(32, (needed + 31) / 32 * 32));
+  const size_t fixed = sizeof(acc_t) * (S * kTable + 2 * S + 128 + 32 + 8) + sizeof(int) * 32;
+  const size_t rows = sizeof(acc_t) * (static_cast<size_t>(T_ext) + (resample ? T_out : 0));
+  if (static_cast<long long>(fixed + rows) <= smem_limit) return {threads, fixed + rows, false};
+  return {threads, fixed, true};
+}
+
+template <typename acc_t>
+Params<acc_t> make_params(const void* x, const float* gain, const float* baseline, const double* sos,
+                          const double* zi, int S, const acc_t* fir, int K, int up, int down, int normalize,
+                          int T, int P, int T_out, acc_t* out, int32_t* flags, acc_t* work) {
+  const bool resample = up != 1 || down != 1;
+  Params<acc_t> p;
+  p.x = x;
+  p.gain = gain;
+  p.baseline = baseline;
+  p.sos = sos;
+  p.zi = zi;
+  p.fir = resample ? fir : nullptr;
+  p.out = out;
+  p.flags = flags;
+  p.work = work;
+  p.S = S;
+  p.K = resample ? K : 0;
+  p.up = up;
+  p.down = down;
+  p.half = resample ? (K - 1) / 2 : 0;
+  p.normalize = normalize;
+  p.T = T;
+  p.P = P;
+  p.T_ext = T + 2 * P;
+  p.T_out = T_out;
+  return p;
+}
+
+#ifndef ECGKT_CUDA_EMULATION
+
+template <typename in_t, typename acc_t>
+void launch(const at::Tensor& x, const at::Tensor& gain, const at::Tensor& baseline, const at::Tensor& sos,
+            const at::Tensor& zi, const at::Tensor& fir, at::Tensor& out, at::Tensor& flags, int P, int up,
+            int down, int normalize) {
+  const int64_t N = x.size(0);
+  const int T = static_cast<int>(x.size(1)), S = static_cast<int>(sos.size(0));
+  const int T_ext = T + 2 * P, T_out = static_cast<int>(out.size(1));
+  const bool resample = up != 1 || down != 1;
+  const long long smem_limit = at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
+  const LaunchConfig cfg = launch_config<acc_t>(S, T_ext, T_out, resample, smem_limit, max_threads<acc_t>());
+  TORCH_CHECK(static_cast<long long>(cfg.smem) <= smem_limit, "ecgkt::preprocess: too many filter sections (", S,
+              ")");
+  at::Tensor work;
+  if (cfg.global_staging) work = at::empty({N, T_ext}, out.options());  // long rows: staged in global memory (L2)
+  const Params<acc_t> p = make_params<acc_t>(
+      x.data_ptr(), gain.data_ptr<float>(), baseline.data_ptr<float>(), sos.data_ptr<double>(), zi.data_ptr<double>(),
+      S, resample ? fir.data_ptr<acc_t>() : nullptr, resample ? static_cast<int>(fir.size(0)) : 0, up, down,
+      normalize, T, P, T_out, out.data_ptr<acc_t>(), flags.data_ptr<int32_t>(),
+      work.defined() ? work.data_ptr<acc_t>() : nullptr);
+  auto kernel = preprocess_kernel<in_t, acc_t>;
+  C10_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(cfg.smem)));
+  kernel<<<static_cast<unsigned>(N), cfg.threads, cfg.smem, at::cuda::getCurrentCUDAStream()>>>(p);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// (y - median) / (1.4826 MAD) per row, falling back to the z-score where the MAD is zero, and to zeros
+// (flag bit 1) where the std is zero too. Medians of an even count are the mean of the two middle values.
+void robust_normalize(at::Tensor& out, at::Tensor& flags) {
+  const int64_t n = out.size(1);
+  auto median = [n](const at::Tensor& v) {
+    at::Tensor sorted = std::get<0>(v.sort(1));
+    return (sorted.select(1, (n - 1) / 2) + sorted.select(1, n / 2)).mul_(0.5).unsqueeze(1);
+  };
+  at::Tensor med = median(out);
+  at::Tensor mad = median((out - med).abs_()).mul_(1.4826);
+  at::Tensor mean = out.mean(1, true);
+  at::Tensor std = (out - mean).square_().mean(1, true).sqrt_();
+  at::Tensor robust_ok = mad > 1.4826 * kZeroScale, std_ok = std > kZeroScale;
+  at::Tensor z = at::where(std_ok, (out - mean) / at::where(std_ok, std, at::ones_like(std)), at::zeros_like(out));
+  at::Tensor r = (out - med) / at::where(robust_ok, mad, at::ones_like(mad));
+  out.copy_(at::where(robust_ok, r, z));
+  at::Tensor dead = at::logical_and(robust_ok.logical_not(), std_ok.logical_not()).squeeze(1);
+  flags.bitwise_or_(dead.to(at::kInt).mul_(2));
+}
+
+std::tuple<at::Tensor, at::Tensor> preprocess_cuda(const at::Tensor& signal, const at::Tensor& gain,
+                                                   const at::Tensor& baseline, const at::Tensor& sos,
+                                                   const at::Tensor& zi, int64_t padlen, const at::Tensor& fir,
+                                                   int64_t up, int64_t down, int64_t normalize) {
+  TORCH_CHECK(signal.is_cuda(), "ecgkt::preprocess (CUDA): signal must be a CUDA tensor");
+  TORCH_CHECK(signal.dim() == 2, "ecgkt::preprocess: signal must be [N, T], got ", signal.sizes());
+  const int64_t N = signal.size(0), T = signal.size(1);
+  TORCH_CHECK(T >= 1, "ecgkt::preprocess: signal needs at least one sample");
+  TORCH_CHECK(gain.numel() == N && baseline.numel() == N, "ecgkt::preprocess: gain and baseline must be [N] (N=", N,
+              ")");
+  TORCH_CHECK(sos.dim() == 2 && (sos.size(0) == 0 || sos.size(1) == 6), "ecgkt::preprocess: sos must be [S, 6]");
+  TORCH_CHECK(zi.numel() == sos.size(0) * 2, "ecgkt::preprocess: zi must be [S, 2]");
+  TORCH_CHECK(up >= 1 && down >= 1, "ecgkt::preprocess: up and down must be >= 1");
+  TORCH_CHECK(normalize >= 0 && normalize <= 2, "ecgkt::preprocess: normalize must be 0, 1 or 2");
+  TORCH_CHECK(padlen >= 0, "ecgkt::preprocess: padlen must be >= 0");
+  const bool resample = up != 1 || down != 1;
+  TORCH_CHECK(!resample || (fir.dim() == 1 && fir.numel() % 2 == 1),
+              "ecgkt::preprocess: fir must be a 1-D filter of odd length when resampling");
+  const auto dtype = signal.scalar_type();
+  TORCH_CHECK(dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kFloat || dtype == at::kDouble ||
+                  dtype == at::kShort,
+              "ecgkt::preprocess: signal dtype must be float16/bfloat16/float32/float64/int16, got ", dtype);
+  const int64_t S = sos.size(0);
+  const int64_t P = S > 0 ? std::min<int64_t>(padlen, T - 1) : 0;
+  const int64_t T_out = (T * up + down - 1) / down;
+  TORCH_CHECK(T + 2 * P < (int64_t(1) << 31) && T_out < (int64_t(1) << 31),
+              "ecgkt::preprocess: rows longer than 2^31 samples are not supported");
+  c10::cuda::CUDAGuard guard(signal.device());
+  const auto acc = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  const auto dev = signal.device();
+  at::Tensor x = signal.contiguous();
+  at::Tensor g = gain.to(dev, at::kFloat).contiguous(), b = baseline.to(dev, at::kFloat).contiguous();
+  at::Tensor s = sos.to(dev, at::kDouble).contiguous(), z = zi.to(dev, at::kDouble).contiguous();
+  at::Tensor f = resample ? fir.to(dev, acc).contiguous() : fir;
+  at::Tensor out = at::empty({N, T_out}, signal.options().dtype(acc));
+  at::Tensor flags = at::empty({N}, signal.options().dtype(at::kInt));
+  if (N > 0) {
+    const int norm_in_kernel = normalize == 1 ? 1 : 0;
+    const int p_ = static_cast<int>(P), u = static_cast<int>(up), d = static_cast<int>(down);
+    switch (dtype) {
+      case at::kHalf: launch<at::Half, float>(x, g, b, s, z, f, out, flags, p_, u, d, norm_in_kernel); break;
+      case at::kBFloat16: launch<at::BFloat16, float>(x, g, b, s, z, f, out, flags, p_, u, d, norm_in_kernel); break;
+      case at::kFloat: launch<float, float>(x, g, b, s, z, f, out, flags, p_, u, d, norm_in_kernel); break;
+      case at::kDouble: launch<double, double>(x, g, b, s, z, f, out, flags, p_, u, d, norm_in_kernel); break;
+      default: launch<int16_t, float>(x, g, b, s, z, f, out, flags, p_, u, d, norm_in_kernel); break;
+    }
+    if (normalize == 2) robust_normalize(out, flags);
+  }
+  return {out, flags};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ecgkt, CUDA, m) { m.impl("preprocess", &preprocess_cuda); }
+
+}  // namespace ecgkt
+
+#else  // ECGKT_CUDA_EMULATION
+
+template <typename in_t, typename acc_t>
+void emulate(const void* x, const float* gain, const float* baseline, const double* sos, const double* zi, int S,
+             int N, int T, int padlen, const double* fir, int K, int up, int down, int normalize, void* out,
+             int32_t* flags, int thread_cap, long long smem_limit) {
+  const int P = S > 0 ? std::min(padlen, T - 1) : 0, T_ext = T + 2 * P;
+  const int T_out = static_cast<int>((static_cast<long long>(T) * up + down - 1) / down);
+  const bool resample = up != 1 || down != 1;
+  const LaunchConfig cfg = launch_config<acc_t>(S, T_ext, T_out, resample, smem_limit,
+                                                std::min(thread_cap, max_threads<acc_t>()));
+  std::vector<acc_t> fir_acc(fir, fir + (resample ? K : 0));
+  std::vector<acc_t> work(cfg.global_staging ? static_cast<size_t>(N) * T_ext : 0);
+  const Params<acc_t> p = make_params<acc_t>(x, gain, baseline, sos, zi, S, fir_acc.data(), K, up, down, normalize,
+                                             T, P, T_out, static_cast<acc_t*>(out), flags,
+                                             cfg.global_staging ? work.data() : nullptr);
+  emu_launch(preprocess_kernel<in_t, acc_t>, N, cfg.threads, cfg.smem, p);
+}
+
+}  // namespace
+}  // namespace ecgkt
+
+// dtype: 0 float32, 1 float64, 2 int16. normalize: 0 or 1 (robust uses ATen on the GPU path).
+// Returns the number of threads per block used.
+extern "C" int ecgkt_emulated_preprocess(int dtype, const void* x, const float* gain, const float* baseline,
+                                         const double* sos, const double* zi, int S, int N, int T, int padlen,
+                                         const double* fir, int K, int up, int down, int normalize, void* out,
+                                         int32_t* flags, int thread_cap, long long smem_limit) {
+  using namespace ecgkt;
+  if (dtype == 0)
+    emulate<float, float>(x, gain, baseline, sos, zi, S, N, T, padlen, fir, K, up, down, normalize, out, flags,
+                          thread_cap, smem_limit);
+  else if (dtype == 1)
+    emulate<double, double>(x, gain, baseline, sos, zi, S, N, T, padlen, fir, K, up, down, normalize, out, flags,
+                            thread_cap, smem_limit);
+  else
+    emulate<int16_t, float>(x, gain, baseline, sos, zi, S, N, T, padlen, fir, K, up, down, normalize, out, flags,
+                            thread_cap, smem_limit);
+  return 0;
+}
+
+#endif  // ECGKT_CUDA_EMULATION
