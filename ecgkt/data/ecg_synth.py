@@ -89,7 +89,9 @@ def render_clean(rng, p, n_samples=N_SAMPLES, fs=FS, onsets=None):
         basis[:, w] = _gauss(dqrs, p[f"{name}_c"], p[f"{name}_s"])
     # ST plateau: from the J point (QRS end) to the T peak, smooth edges
     j_pt, tpk = p["qrs"][:, None], p["t_peak"][:, None]
-    basis[:, 5] = 1 / (1 + np.exp(-(dq - j_pt) / 4)) / (1 + np.exp(-(tpk - dq) / (0.5 * p["t_su"][:, None])))
+    rise = np.clip((dq - j_pt) / 4, -30, 30)
+    fall = np.clip((tpk - dq) / (0.5 * p["t_su"][:, None]), -30, 30)
+    basis[:, 5] = 1 / ((1 + np.exp(-rise)) * (1 + np.exp(-fall)))
     sig = np.where(dq < tpk, p["t_su"][:, None], p["t_sd"][:, None])
     z = (dq - tpk) / sig
     basis[:, 6] = np.exp(-0.5 * z * z)

@@ -362,7 +362,8 @@ def ecg_parameters(rng, e, cfg) -> dict[str, np.ndarray]:
     rb_vec = _unit(np.array([-0.65, 0.05, 0.75]))
     d["rp_vec"] = np.where(rbbb[:, None], rb_vec * (0.7 * volt)[:, None], d["rp_vec"])
     lb_r = _frontal(axis, -0.6, 1.3 * volt)
-    d["rp_vec"] = np.where(lbbb[:, None], lb_r * 0.85, d["rp_vec"])
+    lb_rp = _frontal(axis - 25, -1.2, 1.1 * volt)  # the notch: late forces turn posterior
+    d["rp_vec"] = np.where(lbbb[:, None], lb_rp, d["rp_vec"])
     d["r_vec"] = np.where(lbbb[:, None], lb_r, d["r_vec"])
     d["q_vec"] = np.where(lbbb[:, None], 0.0, d["q_vec"])
     d["s_vec"] = np.where(lbbb[:, None], d["s_vec"] * 0.3, d["s_vec"])
