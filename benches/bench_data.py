@@ -131,7 +131,7 @@ def make_store(patients: int, tmp: Path):
 
     data = tmp / "synth"
     t = time.perf_counter()
-    generate(data, patients=patients, seed=0)
+    generate(data, patients=patients, seed=0, progress=False)
     gen_s = time.perf_counter() - t
     t = time.perf_counter()
     with warnings.catch_warnings():
@@ -178,13 +178,29 @@ def bench_store(store, repeats: int = 3) -> dict:
     return res
 
 
-def bench_loader(store, batch_size: int = 64, epochs: int = 2) -> dict:
+def bench_loader(store, batch_size: int = 64, epochs: int = 3) -> dict:
     from torch.utils.data import DataLoader
 
     from ecgkt.data import ECGDataset
 
+    from torch.utils.data import default_collate
+
     ds = ECGDataset(store.path)
     res = {}
+    # the floor: only stacking already-fetched items into a batch (fresh batch memory each time)
+    items = [ds[i % len(ds)] for i in range(batch_size)]
+    default_collate(items)  # warm-up (allocator)
+    t = time.perf_counter()
+    for _ in range(10):
+        default_collate(items)
+    rate = 10 * batch_size / (time.perf_counter() - t)
+    res["collate_only_records_per_s"] = rate
+    t = time.perf_counter()
+    for i in range(len(ds)):
+        ds[i]
+    res["getitem_records_per_s"] = len(ds) / (time.perf_counter() - t)
+    print(f"[loader] ECGDataset.__getitem__ alone: {res['getitem_records_per_s']:,.0f} records/s; "
+          f"default_collate alone (batch {batch_size}): {rate:,.0f} records/s")
     for workers in (0, 2):
         loader = DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers,
                             persistent_workers=workers > 0)
