@@ -19,8 +19,12 @@ export MAX_JOBS=${MAX_JOBS:-2}
 # Build from a clean copy of the tracked files so nothing of the CPU build is reused.
 SRC=$(mktemp -d)
 git ls-files -z | xargs -0 -I{} cp --parents {} "$SRC"
+START=$SECONDS
 (cd "$SRC" && "$VENV/bin/pip" wheel -q --no-build-isolation --no-deps . -w "$SRC/dist")
+echo "CUDA wheel built in $((SECONDS - START)) s (MAX_JOBS=$MAX_JOBS, TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST)"
 "$VENV/bin/pip" install -q --force-reinstall --no-deps "$SRC"/dist/ecgkt-*.whl
+# then ecgkt's runtime dependencies (scipy, pandas, ...), which `import ecgkt` needs; torch stays 2.14.1
+"$VENV/bin/pip" install -q "$SRC"/dist/ecgkt-*.whl
 (cd /tmp && "$VENV/bin/python" - <<'PY'
 import torch, ecgkt
 from ecgkt import _extension

@@ -42,9 +42,10 @@ __all__ = ["preprocess_triton", "robust_normalize", "BLOCK_T", "BLOCK_N"]
 
 BLOCK_T = 64  # samples per tile (size of the Toeplitz block)
 BLOCK_N = 16  # leads per program (tl.dot needs >= 16)
-FLAT_PTP = 1e-6
-ZERO_SCALE = 1e-8
-INVALID_INT16 = -32768
+FLAT_PTP = 1e-6  # mV: a lead whose peak-to-peak is at most this is flat
+ZERO_SCALE = 1e-8  # a std or MAD at most this is zero
+_FLAT_PTP = tl.constexpr(FLAT_PTP)  # the same values, readable inside @triton.jit functions
+_ZERO_SCALE = tl.constexpr(ZERO_SCALE)
 
 # one section's table row: h[BT], c0[BT], c1[BT], g0[BT], g1[BT], A^BT (4 values), zi (2), 2 spare
 _TABLE = 5 * BLOCK_T + 8
@@ -214,7 +215,7 @@ def _preprocess_kernel(
             fill = tl.where(has_prev, tl.where(has_next, mid, vp), vn)
             tl.store(w_rows[None, :] + P + t[:, None], fill, mask=bad)
         tl.debug_barrier()
-    dead = (n_bad == T) | (hi - lo <= FLAT_PTP)
+    dead = (n_bad == T) | (hi - lo <= _FLAT_PTP)
 
     # 3. zero-phase filter: odd extension, then each section forward, then each section backward
     if S > 0:
@@ -302,8 +303,8 @@ def _preprocess_kernel(
             d = tl.load(src[None, :] + n[:, None], mask=m, other=0.0) - mean[None, :]
             ss += tl.sum(tl.where(m, d * d, 0.0), axis=0)
         std = tl.sqrt(ss / T_out)
-        dead = dead | (std <= ZERO_SCALE)
-        scale = 1.0 / tl.where(std > ZERO_SCALE, std, 1.0)
+        dead = dead | (std <= _ZERO_SCALE)
+        scale = 1.0 / tl.where(std > _ZERO_SCALE, std, 1.0)
     for n0 in range(0, T_out, BT):
         n = n0 + tt
         m = (n < T_out)[:, None] & row_ok[None, :]

@@ -1,5 +1,9 @@
 """The Triton kernel (ecgkt::preprocess_triton) against the float64 reference, under TRITON_INTERPRET=1
 on CPU (tests/conftest.py), and the CUDA op and Triton on a GPU when there is one."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -171,6 +175,37 @@ def test_not_differentiable():
     x = _ecg_like(2, 33, seed=12).float().requires_grad_()
     out, _ = preprocess_triton(x, torch.ones(2), torch.zeros(2), sos, zi, d.padlen, fir, 1, 1, 1)
     assert not out.requires_grad
+
+
+# Compiles the kernels to sm_90 machine code without a GPU (the interpreter accepts things the compiler
+# rejects, e.g. non-constexpr globals); run in a subprocess because TRITON_INTERPRET=1 is set here.
+_COMPILE_SCRIPT = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from ecgkt.kernels import preprocess as k
+
+target = GPUTarget("cuda", 90, 32)
+for acc in ("*fp32", "*fp64"):
+    sig = {"sos_ptr": "*fp64", "zi_ptr": "*fp64", "tab_ptr": acc, "BT": "constexpr", "TAB": "constexpr"}
+    triton.compile(ASTSource(k._section_tables_kernel, sig, dict(BT=k.BLOCK_T, TAB=k._TABLE)), target=target)
+for x_t, acc, int16, resample, zscore in [("*fp32", "*fp32", False, False, True), ("*i16", "*fp32", True, True, False),
+                                          ("*fp64", "*fp64", False, True, True)]:
+    sig = {"x_ptr": x_t, "gain_ptr": "*fp32", "base_ptr": "*fp32", "tab_ptr": acc, "fir_ptr": acc, "work_ptr": acc,
+           "out_ptr": acc, "flags_ptr": "*i32"}
+    sig.update({n: "i32" for n in ("N", "T", "P", "T_ext", "T_out", "S", "K", "up", "down", "half", "max_taps")})
+    const = dict(IS_INT16=int16, ACC_F64=acc == "*fp64", RESAMPLE=resample, ZSCORE=zscore, BT=k.BLOCK_T,
+                 BN=k.BLOCK_N, TAB=k._TABLE, DOT_PRECISION="ieee" if acc == "*fp64" else "tf32x3")
+    sig.update({c: "constexpr" for c in const})
+    triton.compile(ASTSource(k._preprocess_kernel, sig, const), target=target, options={"num_warps": 4})
+print("compiled")
+"""
+
+
+def test_kernels_compile_for_sm90_without_a_gpu():
+    env = {key: v for key, v in os.environ.items() if key != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "compiled" in r.stdout, r.stderr[-3000:]
 
 
 @pytest.mark.gpu
