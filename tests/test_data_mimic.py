@@ -188,8 +188,8 @@ def test_labevents_reader_filters_and_parses(tiny, tmp_path):
     assert str(df["charttime"].dtype).startswith("datetime64")
     assert df["value"].notna().sum() == 2  # text kept only where valuenum is empty ("___", "<0.01")
     num = numeric_values(df)
-    assert np.isnan(num[df["value"].eq("___").to_numpy()]).all()
-    assert num[df["value"].eq("<0.01").to_numpy()].tolist() == [0.01]
+    assert np.isnan(num[df["value"].eq("___").fillna(False).to_numpy(bool)]).all()
+    assert num[df["value"].eq("<0.01").fillna(False).to_numpy(bool)].tolist() == [0.01]
     # the block size does not change the result
     small = read_labevents(tiny / "mimic-iv/hosp/labevents.csv.gz", [50971, 51003], block_size=300)
     pd.testing.assert_frame_equal(df.reset_index(drop=True), small.reset_index(drop=True))

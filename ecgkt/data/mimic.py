@@ -203,12 +203,21 @@ def abnormality_labels(values: np.ndarray, lower: float, upper: float) -> tuple[
     return low, high
 
 
+def icd_prefix_pairs(rows, codes, min_length: int = 3, max_length: int = 4) -> pd.DataFrame:
+    """(row, ``icd:<prefix>``) pairs, unique: each ICD-10 code truncated to ``max_length`` characters
+    and propagated to all its parents down to ``min_length`` (vectorised: MIMIC has millions)."""
+    code = pd.Series(np.asarray(codes, dtype=object)).astype(str).str.strip().str.upper()
+    code = code.str.replace(".", "", regex=False).str.slice(0, max_length)
+    rows = np.asarray(rows)
+    parts = [pd.DataFrame({"row": rows, "name": "icd:" + code.str.slice(0, n)})[code.str.len().to_numpy() >= n]
+             for n in range(min_length, max_length + 1)]
+    return pd.concat(parts, ignore_index=True).drop_duplicates().reset_index(drop=True)
+
+
 def icd_prefixes(code: str, min_length: int = 3, max_length: int = 4) -> list[str]:
-    """An ICD-10 code truncated to ``max_length`` characters and all its parents down to
-    ``min_length``: ``I4891`` -> ``[I48, I489]``."""
-    code = str(code).strip().upper().replace(".", "")
-    code = code[:max_length]
-    return [code[:n] for n in range(min_length, len(code) + 1)]
+    """The labels one code gives: ``I48.91`` -> ``[I48, I489]``."""
+    pairs = icd_prefix_pairs([0], [code], min_length, max_length)
+    return [n.removeprefix("icd:") for n in pairs["name"]]
 
 
 def parse_blood_pressure(text) -> tuple[float, float]:
@@ -453,16 +462,15 @@ def _icd_labels(table, root, cfg):
     if not linked_codes:
         return labels, linked
     codes = pd.concat(linked_codes, ignore_index=True)
-    pairs = {(row, f"icd:{p}") for row, code in zip(codes["_row"], codes["icd_code"])
-             for p in icd_prefixes(code, cfg.icd_min_length, cfg.icd_max_length)}
-    if pairs:
-        rows, names = zip(*pairs)
-        long = pd.DataFrame({"row": rows, "name": names})
-        wide = pd.crosstab(long["row"], long["name"]).clip(upper=1)
-        wide = wide.reindex(range(len(table)), fill_value=0).astype(np.float32)
-        wide.index = table.index
-        labels = wide[sorted(wide.columns)]
-    return labels, linked
+    long = icd_prefix_pairs(codes["_row"], codes["icd_code"], cfg.icd_min_length, cfg.icd_max_length)
+    counts = long["name"].value_counts()
+    names = sorted(counts.index[counts >= cfg.dx_min_count])  # thresholded before densifying
+    if not names:
+        return labels, linked
+    long = long[long["name"].isin(names)]
+    dense = np.zeros((len(table), len(names)), dtype=np.float32)
+    dense[long["row"].to_numpy(), pd.Index(names).get_indexer(long["name"])] = 1.0
+    return pd.DataFrame(dense, index=table.index, columns=names), linked
 
 
 def _select_labels(table, names, cfg):

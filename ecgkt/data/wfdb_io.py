@@ -105,6 +105,7 @@ class _Header:
     gain: list  # adu per mV
     baseline: list
     simple: bool  # one format-16 file, no skew, one sample per frame: read with numpy directly
+    samps_per_frame: list = None  # samples per frame of each signal (None: one each)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,7 +180,7 @@ def _wfdb_header(path: Path) -> _Header:
     simple = (all(f == "16" for f in h.fmt) and len(set(h.file_name)) == 1 and len(set(offsets)) == 1
               and not any(skew) and all(s == 1 for s in spf))
     return _Header(float(h.fs), int(h.sig_len), list(h.sig_name), list(h.fmt), list(h.file_name),
-                   offsets, gains, [int(b) for b in h.baseline], simple)
+                   offsets, gains, [int(b) for b in h.baseline], simple, spf)
 
 
 def read_header(path) -> _Header:
@@ -214,11 +215,12 @@ def _record_base(path) -> Path:
 def _check_sizes(path: Path, h: _Header) -> None:
     """Every signal file must hold at least the samples the header promises."""
     per_file: dict = {}
-    for f, fmt, off in zip(h.file_name, h.fmt, h.byte_offset):
+    spf = h.samps_per_frame or [1] * len(h.fmt)
+    for f, fmt, off, k in zip(h.file_name, h.fmt, h.byte_offset, spf):
         if fmt not in _FORMAT_BYTES:
             raise RecordError(f"{path}.hea", f"unsupported WFDB format {fmt}")
         n, b, _ = per_file.get(f, (0, 0.0, off))
-        per_file[f] = (n + 1, b + _FORMAT_BYTES[fmt], off)
+        per_file[f] = (n + 1, b + _FORMAT_BYTES[fmt] * k, off)
     for f, (n, bytes_per_frame, off) in per_file.items():
         file_path = path.parent / f
         try:
