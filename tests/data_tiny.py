@@ -34,8 +34,8 @@ def write_mimic_record(ecg_root: Path, subject_id: int, study_id: int, frames: n
     frames.tofile(f"{base}.dat")
     lines = [f"{study_id} {frames.shape[1]} {fs} {frames.shape[0]} 10:00:00 23/07/2180"]
     for k, name in enumerate(lead_names):
-        checksum = int(frames[:, k].astype(np.int64).sum()) % 65536 - (65536 if
-                                                                      int(frames[:, k].astype(np.int64).sum()) % 65536 > 32767 else 0)
+        checksum = int(frames[:, k].sum(dtype=np.int64)) & 0xFFFF  # 16-bit signed, as WFDB writes it
+        checksum -= 65536 if checksum > 32767 else 0
         lines.append(f"{study_id}.dat 16 200.0(0)/mV 16 0 {int(frames[0, k])} {checksum} 0 {name}")
     lines.append(f"# {subject_id}: N")
     Path(f"{base}.hea").write_text("\n".join(lines) + "\n")

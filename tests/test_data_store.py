@@ -200,3 +200,38 @@ def test_prepare_cli(tiny, tmp_path, capsys):
     with pytest.raises(ECGKTError, match="either --data or"):
         args = parser.parse_args(["prepare", "--data", str(root), "--ecg-root", "x", "--out", str(out)])
         args.func(args)
+
+
+def test_store_rejects_records_that_do_not_fit(tmp_path):
+    from data_tiny import random_frames, record_rel_path, write_mimic_record
+
+    ecg = tmp_path / "ecg"
+    rows = []
+    cases = {40000011: dict(frames=random_frames(1, 400)),  # fine: sets fs 500 and T 400
+             40000012: dict(frames=random_frames(2, 400), fs=250),  # another sampling rate
+             40000013: dict(frames=np.full((400, 12), -32768, np.int16)),  # nothing recorded
+             40000014: dict(frames=random_frames(4, 300)),  # too short
+             40000015: dict(frames=random_frames(5, 600))}  # longer: truncated to 400
+    for study, kw in cases.items():
+        write_mimic_record(ecg, 10000001, study, **kw)
+        rows.append((10000001, study, str(study), "2180-01-01 00:00:00", record_rel_path(10000001, study)))
+    pd.DataFrame(rows, columns=["subject_id", "study_id", "file_name", "ecg_time", "path"]).to_csv(
+        ecg / "record_list.csv", index=False)
+    store = prepare((ecg, None), tmp_path / "store", CohortConfig(dx_min_count=1), workers=1, progress=False)
+    assert store.cohort["study_id"].tolist() == [40000011, 40000015] and store.n_samples == 400
+    np.testing.assert_array_equal(store.signal(1), read_record(store.cohort["record"].iat[1]).signal[:, :400])
+    reasons = dict(zip(store.skipped["study_id"], store.skipped["reason"]))
+    assert "sampling rate 250 Hz differs from the store's 500 Hz" in reasons[40000012]
+    assert "every sample is missing" in reasons[40000013]
+    assert "300 samples, the store holds 400" in reasons[40000014]
+
+
+def test_dataset_pickles_without_its_memmap(built):
+    import pickle
+
+    ds = ECGDataset(built.path, folds=None)
+    ds[0]  # opens the memmap
+    assert ds.store._signals is not None
+    copy = pickle.loads(pickle.dumps(ds))
+    assert copy.store._signals is None
+    np.testing.assert_array_equal(copy[1]["signal"].numpy(), ds[1]["signal"].numpy())
