@@ -235,3 +235,17 @@ def test_dataset_pickles_without_its_memmap(built):
     copy = pickle.loads(pickle.dumps(ds))
     assert copy.store._signals is None
     np.testing.assert_array_equal(copy[1]["signal"].numpy(), ds[1]["signal"].numpy())
+
+
+def test_overwrite_replaces_only_store_files(tiny, tmp_path):
+    root, _ = tiny
+    out = tmp_path / "shared_folder"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepare(root, out, LOOSE, workers=1, progress=False)
+        store = prepare(root, out, CohortConfig(min_lab_count=1, dx_min_count=2), workers=1, progress=False,
+                        overwrite=True)
+    assert (out / "notes.txt").read_text() == "keep me" and len(store) == 4
+    assert store.manifest["settings"]["config"]["dx_min_count"] == 2

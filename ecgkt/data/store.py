@@ -158,8 +158,8 @@ def prepare(roots, out_dir, config: CohortConfig | None = None, *, workers: int 
             return ECGStore(out)
         if not overwrite:
             raise ECGKTError(f"{out}: holds a store built with other settings; use another folder or overwrite")
-    if overwrite and out.exists():
-        shutil.rmtree(out)
+    if overwrite:
+        _remove_store_files(out)
     work = out / "work"
     (work / "chunks").mkdir(parents=True, exist_ok=True)
     state_path = work / "state.json"
@@ -216,6 +216,17 @@ def prepare(roots, out_dir, config: CohortConfig | None = None, *, workers: int 
 
     # 3. the small files, then the manifest (its presence marks a finished store)
     return _finish(out, work, table, state, markers, fingerprint, settings, progress)
+
+
+STORE_FILES = ("manifest.json", "signals.int16", "gains.npy", "baselines.npy", "cohort.parquet", "meta.json",
+               "skipped.csv", "summary.json")
+
+
+def _remove_store_files(out: Path) -> None:
+    """Only the files a store consists of: --out may point at a folder holding other things."""
+    for name in STORE_FILES:
+        (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / "work", ignore_errors=True)
 
 
 def _first_header(records):
