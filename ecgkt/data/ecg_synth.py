@@ -37,11 +37,19 @@ LEAD_VECTORS = np.array(
 WAVES = ("p", "q", "r", "s", "rp", "st", "t", "u", "j")
 
 
+# 12 leads (MIMIC order) from the 8 independent ones (I, II, V1-V6): Einthoven and Goldberger.
+DERIVE = np.zeros((8, 12))
+DERIVE[0, 0] = DERIVE[1, 1] = 1  # I, II
+DERIVE[:2, 2] = (-1, 1)  # III = II - I
+DERIVE[:2, 3] = (-0.5, -0.5)  # aVR = -(I + II) / 2
+DERIVE[:2, 4] = (-0.5, 1)  # aVF = II - I/2
+DERIVE[:2, 5] = (1, -0.5)  # aVL = I - II/2
+DERIVE[2:, 6:] = np.eye(6)  # V1-V6
+
+
 def derive_leads(indep: np.ndarray) -> np.ndarray:
-    """(..., 8 independent leads, T) -> (..., 12 leads in MIMIC order, T)."""
-    i, ii = indep[..., 0, :], indep[..., 1, :]
-    limb = np.stack([i, ii, ii - i, -(i + ii) / 2, ii - i / 2, i - ii / 2], axis=-2)
-    return np.concatenate([limb, indep[..., 2:, :]], axis=-2)
+    """(..., 8 independent leads) -> (..., 12 leads in MIMIC order): leads on the last axis."""
+    return indep @ DERIVE.astype(indep.dtype)
 
 
 def _beat_onsets(rng, p, duration_ms):
@@ -61,53 +69,79 @@ def _gauss(d, c, s):
     return np.exp(-0.5 * z * z)
 
 
-def render_clean(rng, p, n_samples=N_SAMPLES, fs=FS, onsets=None):
-    """Noise-free independent leads (n, 8, T) in mV, and the QRS onset times used (ms)."""
+# One beat is rendered once per record on the sample grid, in two parts that are then placed at
+# every beat by indexing: AFTER covers [0, 1.2 s) from a QRS onset (QRS, ST, T, U, J waves) and
+# BEFORE covers [-0.5 s, 0) (P wave and the first QRS tail). A sample sees AFTER of the beat that
+# started last and BEFORE of the next one.
+AFTER_MS, BEFORE_MS = 1200.0, 500.0
+
+
+def _beat_parts(p, fs):
+    """Per-record beat templates (n, 8, samples): the part after and the part before QRS onset."""
     f32 = np.float32
-    p = {k: (v.astype(f32) if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v) for k, v in p.items()}
+    dt = 1000.0 / fs
+    da = (np.arange(int(AFTER_MS / dt), dtype=f32) * f32(dt))[None, :]
+    db = (np.arange(-int(BEFORE_MS / dt), 0, dtype=f32) * f32(dt))[None, :]
     n = len(p["rr"])
-    t = (np.arange(n_samples, dtype=f32) * (1000.0 / fs))[None, :]
-    if onsets is None:
-        onsets = _beat_onsets(rng, p, n_samples * 1000.0 / fs)
-    onsets = onsets.astype(np.float64)
-    k = onsets.shape[1]
-    # per row: index of the last onset <= t (rows offset so one flat searchsorted does all rows)
-    big = 1e7
-    flat = (onsets + big * np.arange(n)[:, None]).ravel()
-    j = np.searchsorted(flat, (t + big * np.arange(n)[:, None]).ravel(), side="right").reshape(n, -1) - 1
-    j -= (k * np.arange(n))[:, None]
-    j = np.clip(j, 0, k - 2)
-    cur = np.take_along_axis(onsets, j, 1)
-    nxt = np.take_along_axis(onsets, j + 1, 1)
-    dq = (t - cur).astype(f32)  # since current beat's QRS onset (>= 0)
-    dn = (t - nxt).astype(f32)  # relative to next beat's QRS onset (< 0)
-    dqrs = np.where(dn > -60, dn, dq)
-
-    basis = np.empty((n, len(WAVES), n_samples), f32)
-    basis[:, 0] = _gauss(dn, p["p_c"], p["p_s"])
-    for w, name in enumerate(("q", "r", "s", "rp"), start=1):
-        basis[:, w] = _gauss(dqrs, p[f"{name}_c"], p[f"{name}_s"])
-    # ST plateau: from the J point (QRS end) to the T peak, smooth edges
-    j_pt, tpk = p["qrs"][:, None], p["t_peak"][:, None]
-    rise = np.clip((dq - j_pt) / 4, -30, 30)
-    fall = np.clip((tpk - dq) / (0.5 * p["t_su"][:, None]), -30, 30)
-    basis[:, 5] = 1 / ((1 + np.exp(-rise)) * (1 + np.exp(-fall)))
-    sig = np.where(dq < tpk, p["t_su"][:, None], p["t_sd"][:, None])
-    z = (dq - tpk) / sig
-    basis[:, 6] = np.exp(-0.5 * z * z)
-    basis[:, 7] = _gauss(dq, p["u_c"], p["u_s"])
-    basis[:, 8] = _gauss(dq, p["j_c"], p["j_s"])
-
     dip = np.stack([p[f"{w}_vec"] for w in WAVES], axis=1).astype(f32)  # (n, W, 3)
     amp = np.einsum("nwk,lk->nlw", dip, LEAD_VECTORS.astype(f32))  # (n, 8, W)
-    sig8 = np.matmul(amp, basis)  # (n, 8, T)
+    after = np.zeros((n, len(WAVES), da.shape[1]), f32)
+    before = np.zeros((n, len(WAVES), db.shape[1]), f32)
+    before[:, 0] = _gauss(db, p["p_c"], p["p_s"])
+    for w, name in enumerate(("q", "r", "s", "rp"), start=1):
+        after[:, w] = _gauss(da, p[f"{name}_c"], p[f"{name}_s"])
+        before[:, w] = _gauss(db, p[f"{name}_c"], p[f"{name}_s"])
+    # ST plateau: from the J point (QRS end) to the T peak, smooth edges
+    j_pt, tpk = p["qrs"][:, None], p["t_peak"][:, None]
+    rise = np.clip((da - j_pt) / 4, -30, 30)
+    fall = np.clip((tpk - da) / (0.5 * p["t_su"][:, None]), -30, 30)
+    after[:, 5] = 1 / ((1 + np.exp(-rise)) * (1 + np.exp(-fall)))
+    z = (da - tpk) / np.where(da < tpk, p["t_su"][:, None], p["t_sd"][:, None])
+    after[:, 6] = np.exp(-0.5 * z * z)
+    after[:, 7] = _gauss(da, p["u_c"], p["u_s"])
+    after[:, 8] = _gauss(da, p["j_c"], p["j_s"])
+    return np.matmul(amp, after), np.matmul(amp, before)
+
+
+def render_clean(rng, p, n_samples=N_SAMPLES, fs=FS, onsets=None):
+    """Noise-free independent leads (n, T, 8) in mV, and the QRS onset times used (ms).
+
+    Beat onsets fall on the sample grid (ms values rounded to the sample period).
+    """
+    f32 = np.float32
+    dt = 1000.0 / fs
+    p = {k: (v.astype(f32) if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v) for k, v in p.items()}
+    n = len(p["rr"])
+    if onsets is None:
+        onsets = _beat_onsets(rng, p, n_samples * dt)
+    on = np.rint(np.asarray(onsets, np.float64) / dt).astype(np.int64)  # in samples
+    onsets = on * dt
+    k = on.shape[1]
+    # count, per row and sample, the onsets at or before it: index of the current beat
+    counts = np.zeros((n, n_samples + 1), np.int32)
+    rows = np.repeat(np.arange(n), k)
+    np.add.at(counts, (rows, np.clip(on.ravel(), 0, n_samples)), 1)
+    j = np.clip(np.cumsum(counts[:, :n_samples], axis=1) - 1, 0, k - 2)
+    t = np.arange(n_samples)[None, :]
+    after, before = _beat_parts(p, fs)
+    na, nb = after.shape[2], before.shape[2]
+    ia = t - np.take_along_axis(on, j, 1)  # samples since the current beat's onset (>= 0)
+    ib = t - np.take_along_axis(on, j + 1, 1) + nb  # index into BEFORE of the next beat
+    # templates as rows of 8 leads, a zero row after each record's template for out-of-window indices
+    after = np.concatenate([after, np.zeros((n, 8, 1), f32)], axis=2).transpose(0, 2, 1).reshape(-1, 8)
+    before = np.concatenate([before, np.zeros((n, 8, 1), f32)], axis=2).transpose(0, 2, 1).reshape(-1, 8)
+    ia = np.where((ia >= 0) & (ia < na), ia, na) + (na + 1) * np.arange(n)[:, None]
+    ib = np.where((ib >= 0) & (ib < nb), ib, nb) + (nb + 1) * np.arange(n)[:, None]
+    sig8 = np.take(after, ia, axis=0)  # (n, T, 8)
+    sig8 += np.take(before, ib, axis=0)
     af = np.flatnonzero(p["af"])
     if len(af):  # fibrillatory waves (5-7 Hz, 0.03-0.08 mV) on the atrial vector
+        tt = (np.arange(n_samples) * dt)[None, :]
         f = rng.uniform(5, 7, len(af))[:, None]
         ph = np.cumsum(rng.normal(0, 0.15, (len(af), n_samples)), axis=1)
-        fw = (rng.uniform(0.03, 0.08, len(af))[:, None] * np.sin(2 * np.pi * f * t / 1000 + ph)).astype(f32)
+        fw = (rng.uniform(0.03, 0.08, len(af))[:, None] * np.sin(2 * np.pi * f * tt / 1000 + ph)).astype(f32)
         avec = LEAD_VECTORS @ np.array([0.3, 0.6, 0.75])
-        sig8[af] += avec[None, :, None].astype(f32) * fw[:, None, :]
+        sig8[af] += avec[None, None, :].astype(f32) * fw[:, :, None]
     return sig8, onsets
 
 
@@ -120,60 +154,71 @@ def _noise_bank(seed: int) -> np.ndarray:
     return np.random.default_rng([seed, 104729]).standard_normal(_NOISE_BANK_SIZE, dtype=np.float32)
 
 
-def add_noise(rng, sig8, cfg, boost=None, fs=FS, bank=None):
-    """Baseline wander, EMG/white noise, respiration amplitude modulation and occasional mains hum.
+def _sinusoids(rng, n, T, nl, f_lo, f_hi, amp, fs, block=100):
+    """Random-phase sinusoids (n, T, nl), amplitude ``amp`` (n, 1, nl), frequency uniform in
+    [f_lo, f_hi] Hz. Computed per block of samples with sin(a + b) = sin a cos b + cos a sin b:
+    a few multiplications per sample instead of a sine."""
+    f32 = np.float32
+    w = (2 * np.pi * rng.uniform(f_lo, f_hi, (n, 1, 1, nl)) / fs).astype(f32)  # rad per sample
+    phase = rng.uniform(0, 2 * np.pi, (n, 1, 1, nl)).astype(f32)
+    nb = -(-T // block)
+    a = w * (np.arange(nb, dtype=f32) * block)[None, :, None, None] + phase  # block starts
+    b = w * np.arange(block, dtype=f32)[None, None, :, None]  # within a block
+    amp = amp.astype(f32)[:, :, None, :]
+    out = (amp * np.sin(a)) * np.cos(b) + (amp * np.cos(a)) * np.sin(b)
+    return out.reshape(n, nb * block, nl)[:, :T]
 
-    ``boost`` (n,) multiplies the noise of individual records (poor-quality recordings).
+
+def add_noise(rng, sig8, cfg, boost=None, fs=FS, bank=None):
+    """Baseline wander, EMG/white noise, respiration amplitude modulation and occasional mains hum
+    on (n, T, 8) signals. ``boost`` (n,) multiplies the noise of individual records (poor quality).
     """
     f32 = np.float32
-    n, nl, T = sig8.shape
-    t = (np.arange(T, dtype=f32) / f32(fs))[None, None, :]
+    n, T, nl = sig8.shape
     s = cfg.noise_scale * (np.ones((n, 1, 1)) if boost is None else np.asarray(boost, float)[:, None, None])
-    two_pi = f32(2 * np.pi)
-
-    def r32(lo, hi, shape):
-        return rng.uniform(lo, hi, shape).astype(f32)
-
-    out = sig8 * (1 + f32(0.05) * np.sin(two_pi * r32(0.2, 0.33, (n, 1, 1)) * t + r32(0, 6.3, (n, 1, 1))))
+    out = sig8 * (1 + _sinusoids(rng, n, T, 1, 0.2, 0.33, np.full((n, 1, 1), 0.05), fs))  # respiration
     for _ in range(2):  # baseline wander 0.1-0.5 Hz, 0.05-0.2 mV in total
-        a = (rng.uniform(0.025, 0.1, (n, nl, 1)) * s).astype(f32)
-        out += a * np.sin(two_pi * r32(0.1, 0.5, (n, nl, 1)) * t + r32(0, 6.3, (n, nl, 1)))
+        out += _sinusoids(rng, n, T, nl, 0.1, 0.5, rng.uniform(0.025, 0.1, (n, 1, nl)) * s, fs)
     if bank is None:
         bank = _noise_bank(0)
-    windows = np.lib.stride_tricks.sliding_window_view(bank, T)
-    starts = rng.integers(0, len(bank) - T, (n, nl))
-    out += (rng.uniform(0.010, 0.030, (n, 1, 1)) * s).astype(f32) * windows[starts]  # EMG/white 10-30 uV
+    rows = bank[: len(bank) // nl * nl].reshape(-1, nl)
+    starts = rng.integers(0, len(rows) - T, (n, 1))
+    white = np.take(rows, starts + np.arange(T)[None, :], axis=0)  # (n, T, nl) windows of the bank
+    out += (rng.uniform(0.010, 0.030, (n, 1, 1)) * s).astype(f32) * white  # EMG/white 10-30 uV
     hum = np.flatnonzero(rng.random(n) < cfg.p_mains)
     if len(hum):
-        a = (rng.uniform(0.01, 0.05, (len(hum), nl, 1)) * s[hum]).astype(f32)
-        out[hum] += a * np.sin(two_pi * f32(60) * t + r32(0, 6.3, (len(hum), nl, 1)))
+        out[hum] += _sinusoids(rng, len(hum), T, nl, 60, 60, rng.uniform(0.01, 0.05, (len(hum), 1, nl)) * s[hum], fs)
     return out
 
 
 def quantise(sig12: np.ndarray) -> np.ndarray:
-    """mV -> int16 adu at 200 adu/mV; -32768 is reserved for invalid samples."""
-    return np.clip(np.rint(sig12 * GAIN), -32767, 32767).astype(np.int16)
+    """mV -> int16 adu at 200 adu/mV (in place on the float input); -32768 stays reserved for
+    invalid samples."""
+    np.multiply(sig12, GAIN, out=sig12)
+    np.rint(sig12, out=sig12)
+    np.clip(sig12, -32767, 32767, out=sig12)
+    return sig12.astype(np.int16)
 
 
 def add_artifacts(rng, adu, nan_run, flat):
-    """Invalid (-32768) runs and flat (constant) leads in the records flagged, in place."""
-    n, nl, T = adu.shape
+    """Invalid (-32768) runs and flat (constant) leads in the flagged records of (n, T, 12), in place."""
+    n, T, nl = adu.shape
     for i in np.flatnonzero(nan_run):
         length = int(rng.integers(25, 1500))
         start = int(rng.integers(0, T - length))
-        leads = slice(None) if rng.random() < 0.5 else [int(rng.integers(0, nl))]
-        adu[i, leads, start:start + length] = INVALID
+        leads = slice(None) if rng.random() < 0.5 else int(rng.integers(0, nl))
+        adu[i, start:start + length, leads] = INVALID
     for i in np.flatnonzero(flat):
         lead = int(rng.integers(0, nl))
-        adu[i, lead, :] = adu[i, lead, 0] if rng.random() < 0.5 else 0
+        adu[i, :, lead] = adu[i, 0, lead] if rng.random() < 0.5 else 0
 
 
-def header_text(study_id: int, subject_id: int, when, adu: np.ndarray) -> str:
-    """WFDB header in MIMIC-IV-ECG layout for one record; ``adu`` is (12, T) int16."""
-    T = adu.shape[1]
-    sums = adu.astype(np.int64).sum(axis=1) % 65536
+def header_text(study_id: int, subject_id: int, when, frames: np.ndarray, checksums=None) -> str:
+    """WFDB header in MIMIC-IV-ECG layout for one record; ``frames`` is (T, 12) int16."""
+    T = frames.shape[0]
+    sums = frames.sum(axis=0, dtype=np.int64) % 65536 if checksums is None else checksums
     lines = [f"{study_id} 12 {FS} {T} {when:%H:%M:%S} {when:%d/%m/%Y}"]
-    for lead, first, chk in zip(MIMIC_LEADS, adu[:, 0], sums):
+    for lead, first, chk in zip(MIMIC_LEADS, frames[0], sums):
         lines.append(f"{study_id}.dat 16 200.0(0)/mV 16 0 {int(first)} {int(chk)} 0 {lead}")
     lines.append(f"# <subject_id>: {subject_id}")
     return "\n".join(lines) + "\n"
@@ -184,11 +229,12 @@ def record_path(subject_id: int, study_id: int) -> str:
     return f"files/p{str(subject_id)[:4]}/p{subject_id}/s{study_id}/{study_id}"
 
 
-def write_record(root: Path, rel: str, header: str, adu: np.ndarray) -> None:
-    """Write ``rel``.hea and ``rel``.dat (format 16: little-endian int16, samples interleaved)."""
+def write_record(root: Path, rel: str, header: str, frames: np.ndarray) -> None:
+    """Write ``rel``.hea and ``rel``.dat (format 16: little-endian int16); ``frames`` is (T, 12),
+    one row per sample, as the .dat interleaves the signals."""
     base = root / rel
     os.makedirs(base.parent, exist_ok=True)
-    np.ascontiguousarray(adu.T).astype("<i2", copy=False).tofile(str(base) + ".dat")
+    frames.astype("<i2", copy=False).tofile(str(base) + ".dat")
     with open(str(base) + ".hea", "w", newline="\n") as f:
         f.write(header)
 
@@ -205,4 +251,4 @@ def template(p: dict, i: int, fs: int = FS, pre_ms: float = 400.0, post_ms: floa
     onsets = np.array([[-10000.0, pre_ms, 20000.0, 30000.0]])
     sig8, _ = render_clean(np.random.default_rng(0), one, n_samples=n, fs=fs, onsets=onsets)
     t = np.arange(n) * 1000.0 / fs - pre_ms
-    return t, derive_leads(sig8[0].astype(np.float64))
+    return t, derive_leads(sig8[0].astype(np.float64)).T

@@ -15,6 +15,7 @@ import dataclasses
 import gzip
 import io
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -229,7 +230,7 @@ def simulate(patients: int, seed: int, config: SynthConfig | None = None) -> Sim
 
 # ------------------------------------------------------------------------------------------------
 def _render_chunk(sim: Simulation, c: int, rows: np.ndarray, bank: np.ndarray):
-    """int16 records (len(rows), 12, 5000) of one chunk, and each record's mean RR in ms."""
+    """int16 records (len(rows), 5000, 12) of one chunk, and each record's mean RR in ms."""
     rng = np.random.default_rng([sim.seed, 7919, c])
     p = {k: (v[rows] if isinstance(v, np.ndarray) and len(v) == len(sim.ecgs) else v) for k, v in sim.ecg.items()}
     sig8, onsets = ecg_synth.render_clean(rng, p)
@@ -242,25 +243,61 @@ def _render_chunk(sim: Simulation, c: int, rows: np.ndarray, bank: np.ndarray):
     return adu, rr
 
 
-def write_waveforms(sim: Simulation, ecg_root: Path, progress: bool = True) -> np.ndarray:
-    """Render and write every record; returns the measured mean RR (ms) per ECG."""
+def _write_chunk(sim: Simulation, ecg_root: Path, c: int, bank: np.ndarray) -> tuple[int, np.ndarray]:
+    """Render and write chunk ``c``; returns (c, mean RR per record)."""
+    size = sim.config.chunk_records
+    rows = np.arange(c * size, min((c + 1) * size, len(sim.ecgs)))
+    frames, rr = _render_chunk(sim, c, rows, bank)  # (n, T, 12): the .dat sample order
+    checksums = frames.sum(axis=1, dtype=np.int64) % 65536
+    subj, study = sim.ecgs["subject_id"].to_numpy(), sim.ecgs["study_id"].to_numpy()
+    when = pd.to_datetime(sim.ecgs["ecg_time_s"].to_numpy()[rows], unit="s")
+    for j, i in enumerate(rows):
+        hea = ecg_synth.header_text(study[i], subj[i], when[j], frames[j], checksums[j])
+        ecg_synth.write_record(ecg_root, ecg_synth.record_path(subj[i], study[i]), hea, frames[j])
+    return c, rr
+
+
+_WORKER: dict = {}
+
+
+def _worker_init(sim, ecg_root, bank):
+    _WORKER.update(sim=sim, ecg_root=ecg_root, bank=bank)
+
+
+def _worker_chunk(c):
+    return _write_chunk(_WORKER["sim"], _WORKER["ecg_root"], c, _WORKER["bank"])
+
+
+def write_waveforms(sim: Simulation, ecg_root: Path, progress: bool = True, jobs: int = 1) -> np.ndarray:
+    """Render and write every record (``jobs`` processes); returns the mean RR (ms) per ECG.
+
+    Chunks draw from their own seeded streams, so the files do not depend on ``jobs``.
+    """
     from tqdm import tqdm
 
     m = len(sim.ecgs)
-    rr = np.empty(m)
     size = sim.config.chunk_records
-    subj, study = sim.ecgs["subject_id"].to_numpy(), sim.ecgs["study_id"].to_numpy()
-    when = pd.to_datetime(sim.ecgs["ecg_time_s"], unit="s").dt.to_pydatetime()
+    n_chunks = -(-m // size)
+    rr = np.empty(m)
     bank = ecg_synth._noise_bank(sim.seed)
+    ecg_root.mkdir(parents=True, exist_ok=True)
     with tqdm(total=m, desc="synth ECGs", unit="rec", disable=not progress) as bar:
-        for c, start in enumerate(range(0, m, size)):
-            rows = np.arange(start, min(start + size, m))
-            adu, rr[rows] = _render_chunk(sim, c, rows, bank)
-            for j, i in enumerate(rows):
-                rel = ecg_synth.record_path(subj[i], study[i])
-                hea = ecg_synth.header_text(study[i], subj[i], when[i], adu[j])
-                ecg_synth.write_record(ecg_root, rel, hea, adu[j])
-            bar.update(len(rows))
+        def done(c, chunk_rr):
+            rr[c * size:c * size + len(chunk_rr)] = chunk_rr
+            bar.update(len(chunk_rr))
+
+        if jobs <= 1 or n_chunks < 2:
+            for c in range(n_chunks):
+                done(*_write_chunk(sim, ecg_root, c, bank))
+        else:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+            with ProcessPoolExecutor(min(jobs, n_chunks), mp_context=ctx, initializer=_worker_init,
+                                     initargs=(sim, ecg_root, bank)) as pool:
+                for c, chunk_rr in pool.map(_worker_chunk, range(n_chunks)):
+                    done(c, chunk_rr)
     return rr
 
 
@@ -639,8 +676,14 @@ def _truth(sim: Simulation, rr: np.ndarray, codes) -> pd.DataFrame:
 
 # ------------------------------------------------------------------------------------------------
 def generate(out_dir, patients: int = 1000, seed: int = 0, config: SynthConfig | None = None,
-             progress: bool = True, overwrite: bool = False) -> dict:
-    """Write the synthetic MIMIC-IV-ECG and MIMIC-IV roots under ``out_dir``; returns a summary."""
+             progress: bool = True, overwrite: bool = False, jobs: int | None = None) -> dict:
+    """Write the synthetic MIMIC-IV-ECG and MIMIC-IV roots under ``out_dir``; returns a summary.
+
+    ``jobs`` processes render the waveforms (default: up to 2, the CPUs available); the output
+    does not depend on it.
+    """
+    if jobs is None:
+        jobs = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     cfg = config or SynthConfig()
     out = Path(out_dir)
     ecg_root, clin_root = out / "mimic-iv-ecg", out / "mimic-iv"
@@ -653,7 +696,7 @@ def generate(out_dir, patients: int = 1000, seed: int = 0, config: SynthConfig |
     sim = simulate(patients, seed, cfg)
     t_sim = time.perf_counter() - t0
     if cfg.waveforms:
-        rr = write_waveforms(sim, ecg_root, progress=progress)
+        rr = write_waveforms(sim, ecg_root, progress=progress, jobs=jobs)
     else:
         rr = sim.ecg["rr"].copy()
     t_wave = time.perf_counter() - t0 - t_sim
@@ -674,10 +717,10 @@ def generate(out_dir, patients: int = 1000, seed: int = 0, config: SynthConfig |
         "labevents": len(tables["hosp/labevents"]), "ed_stays": len(tables["ed/edstays"]),
         "admissions": len(tables["hosp/admissions"]), "seconds": round(elapsed, 2),
         "waveform_seconds": round(t_wave, 2),
-        "records_per_s": round(len(sim.ecgs) / elapsed, 1),
+        "records_per_s": round(len(sim.ecgs) / elapsed, 1), "jobs": jobs,
         "rules": cfg.rules,
     }
-    stable = {k: v for k, v in summary.items() if k not in ("out_dir", "seconds", "waveform_seconds", "records_per_s")}
+    stable = {k: v for k, v in summary.items() if k not in ("out_dir", "seconds", "waveform_seconds", "records_per_s", "jobs")}
     (out / "synth_summary.json").write_text(json.dumps(stable, indent=1, sort_keys=True) + "\n")
     return summary
 
@@ -696,7 +739,7 @@ def _run(args) -> int:
     rules = dict(_parse_rule(r) for r in args.rule or [])
     cfg = SynthConfig(rules=rules, waveforms=not args.no_waveforms)
     summary = generate(args.out, patients=args.patients, seed=args.seed, config=cfg,
-                       progress=not args.quiet, overwrite=args.overwrite)
+                       progress=not args.quiet, overwrite=args.overwrite, jobs=args.jobs)
     print(f"wrote {summary['records']} ECGs of {summary['patients']} patients, {summary['labevents']} lab rows "
           f"to {summary['out_dir']} in {summary['seconds']} s ({summary['records_per_s']} records/s)")
     return 0
@@ -716,5 +759,7 @@ def add_cli(subparsers) -> None:
                    help="scale one physiology rule (0 switches it off); repeatable. Rules: " + ", ".join(physiology.RULES))
     p.add_argument("--no-waveforms", action="store_true", help="write the tables only (no WFDB records)")
     p.add_argument("--overwrite", action="store_true", help="replace existing mimic-iv-ecg/ and mimic-iv/ folders")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="processes rendering waveforms (default: up to 2; the output does not depend on it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)
