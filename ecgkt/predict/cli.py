@@ -58,6 +58,8 @@ def add_cli(subparsers) -> None:
     p.add_argument("--lab-threshold", type=float, default=0.5,
                    help="probability at which a lab abnormality enters the explanation (default: 0.5)")
     p.add_argument("--workers", type=int, default=2, help="threads reading files (default: 2)")
+    p.add_argument("--threads", type=int, help="CPU threads for preprocessing and the model (default: torch's; "
+                                               "1 is fastest when other jobs share the cores)")
     p.set_defaults(func=run_predict)
 
     e = subparsers.add_parser("export", help="export the ECG-only model (TorchScript, torch.export, ONNX)",
@@ -119,6 +121,12 @@ def run_predict(args) -> int:
     leads = parse_leads(args.leads)
     if args.fs is not None and args.fs <= 0:
         raise ECGKTError(f"--fs must be positive, got {args.fs}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ECGKTError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     model = _load_model(args.model)
     predictor = Predictor(model, device=args.device, batch_size=args.batch_size, lab_threshold=args.lab_threshold,
                           read_workers=args.workers)

@@ -16,12 +16,15 @@ What happens to a record (the model's saved settings decide every step):
 from __future__ import annotations
 
 import concurrent.futures as cf
+import copy
 import dataclasses
 import math
 from typing import Iterable, Iterator
 
 import numpy as np
 import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ..data.wfdb_io import STANDARD_LEADS, ECGRecord
 from ..errors import ECGKTError, RecordError
@@ -83,6 +86,19 @@ def resolve_device(device: str | None) -> torch.device:
     return dev
 
 
+def fuse_for_inference(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``model`` with each Conv1d -> BatchNorm1d pair in a Sequential folded into one
+    convolution: the same function (to float rounding) with one memory pass less per layer."""
+    model = copy.deepcopy(model).eval()
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        children = list(seq._modules.items())
+        for (name_a, a), (name_b, b) in zip(children, children[1:]):
+            if isinstance(a, nn.Conv1d) and isinstance(b, nn.BatchNorm1d) and b.track_running_stats:
+                seq._modules[name_a] = fuse_conv_bn_eval(a, b)
+                seq._modules[name_b] = nn.Identity()
+    return model
+
+
 def window_starts(n_samples: int, window: int) -> list[int]:
     """Window start positions covering the whole record (see the module docstring)."""
     if n_samples <= SINGLE_WINDOW_UP_TO * window:
@@ -100,6 +116,7 @@ class Predictor:
             raise ECGKTError(f"--batch-size must be at least 1, got {batch_size}")
         self.device = resolve_device(device) if not isinstance(device, torch.device) else device
         self.model = model.to(self.device).eval()
+        self.network = fuse_for_inference(self.model)
         cfg = getattr(model, "config", {}) or {}
         self.window_s = float(window_s or cfg.get("window_s") or cfg.get("preprocessing", {}).get("window_s")
                               or DEFAULT_WINDOW_S)
@@ -126,7 +143,7 @@ class Predictor:
         x = torch.from_numpy(signal).to(dev)
         info = self.model.preprocessor(x, fs, gain=torch.from_numpy(gain).to(dev),
                                        baseline=torch.from_numpy(baseline).to(dev), return_info=True)
-        out = self.model(info.signal.float())
+        out = self.network(info.signal.float())
         return (torch.sigmoid(out["dx_logits"]).float().cpu().numpy(),
                 torch.sigmoid(out["lab_logits"]).float().cpu().numpy(),
                 info.repaired.cpu().numpy(), info.flat.cpu().numpy())

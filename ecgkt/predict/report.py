@@ -108,7 +108,7 @@ def _sidebar_lines(result) -> list[tuple[str, dict]]:
     for name, p in result.top_diagnoses(5):
         lines.append((f"{p:5.2f}  {name}", dict(family="monospace", size=10.5)))
     lines.append(("", {}))
-    lines.append(("Explanation: predicted lab abnormalities", dict(weight="bold", size=12)))
+    lines.append(("Explanation: predicted lab abnormalities", dict(weight="bold", size=11.5)))
     findings = result.explanation[:5]
     if not findings:
         lines.append((f"none at or above {result.lab_threshold:.2f}", dict(size=10, style="italic")))
