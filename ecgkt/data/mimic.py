@@ -344,13 +344,12 @@ def _add_labs(table, root, cfg, progress):
     lab_path = next((root / n for n in ("hosp/labevents.csv.gz", "hosp/labevents.csv") if (root / n).is_file()),
                     root / "hosp/labevents.csv.gz")
     labs = read_labevents(lab_path, item_to_test, progress=progress)
-    labs["test"] = labs["itemid"].map(item_to_test)
     labs["num"] = numeric_values(labs)
     window = pd.Timedelta(minutes=cfg.lab_window_min)
     table = table.copy()
     kept, reference, dropped = [], {}, []
     for test in cfg.lab_tests:
-        rows = labs[labs["test"] == test]
+        rows = labs[labs["itemid"].isin(cfg.lab_tests[test])]
         events = rows[["subject_id", "charttime"]].copy()
         events[test] = rows["num"].to_numpy()
         paired = pair_closest(table, events, "charttime", [test], window)[test].to_numpy()
