@@ -496,13 +496,13 @@ __global__ void __launch_bounds__(max_threads<acc_t>()) preprocess_kernel(Params
       acc_t d = res[n] - mean;
       ss += d * d;
     }
-    const acc_t std = sqrt(block_all_reduce(ss, Sum(), acc_t(0), red) / static_cast<acc_t>(T_out));
-    if (!(std > static_cast<acc_t>(kZeroScale))) {
+    const acc_t stdev = sqrt(block_all_reduce(ss, Sum(), acc_t(0), red) / static_cast<acc_t>(T_out));
+    if (!(stdev > static_cast<acc_t>(kZeroScale))) {
       for (int n = tid; n < T_out; n += nthreads) out[n] = 0;
       if (tid == 0) p.flags[row] = flags | 2;
       return;
     }
-    scale = acc_t(1) / std;
+    scale = acc_t(1) / stdev;
   }
   for (int n = tid; n < T_out; n += nthreads) out[n] = (res[n] - mean) * scale;
   if (tid == 0) p.flags[row] = flags;
