@@ -257,3 +257,18 @@ def test_cli_table_and_csv(cinc_dir, model_dir, tmp_path):
 def test_cli_missing_model_is_one_line(tmp_path):
     r = run_cli("predict", tmp_path / "no_model", tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "no_model" in r.stderr
+
+
+def test_synthetic_mimic_root_predicts(tmp_path, model):
+    """`ecgkt synth`'s MIMIC-shaped root (aVF before aVL, 200 adu/mV, -32768 runs) through record_list.csv."""
+    import pandas as pd
+
+    from ecgkt.data.synth import generate
+
+    generate(tmp_path, patients=4, seed=3, progress=False, jobs=1)
+    listed = pd.read_csv(tmp_path / "mimic-iv-ecg" / "record_list.csv")
+    sources, failures = expand_inputs([tmp_path])
+    assert len(sources) == len(listed) > 0 and not failures
+    out = list(Predictor(model, batch_size=3).run(sources))
+    assert all(isinstance(r, RecordResult) and r.fs == 500 for _, _, r in out), out
+    assert [s.path.name for s, _, _ in out] == [str(x) for x in listed["study_id"]]
