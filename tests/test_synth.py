@@ -28,7 +28,7 @@ EDGE = dict(p_nan_run=0.06, p_flat_lead=0.06, p_icd9=0.15, p_deid_value=0.02, p_
 
 def _generate(root, patients, seed=SEED, **kw):
     cfg = synth.SynthConfig(**{**EDGE, **kw})
-    synth.generate(root, patients=patients, seed=seed, config=cfg, progress=False)
+    synth.generate(root, patients=patients, seed=seed, config=cfg, progress=False, jobs=2)
     return Path(root)
 
 
@@ -155,9 +155,12 @@ def test_limb_leads_obey_einthoven_and_goldberger(small):
 
 
 def test_generation_is_deterministic_by_seed(tmp_path):
-    a = _generate(tmp_path / "a", 12, seed=3)
-    b = _generate(tmp_path / "b", 12, seed=3)
-    c = _generate(tmp_path / "c", 12, seed=4)
+    # small chunks so that two worker processes really share the records
+    a = _generate(tmp_path / "a", 12, seed=3, chunk_records=7)
+    cfg = synth.SynthConfig(**{**EDGE, "chunk_records": 7})
+    synth.generate(tmp_path / "b", patients=12, seed=3, config=cfg, progress=False, jobs=1)
+    b = tmp_path / "b"
+    c = _generate(tmp_path / "c", 12, seed=4, chunk_records=7)
     files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     assert files_a == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
     assert len(files_a) > 30

@@ -20,7 +20,7 @@ potassium_low          K < 3.5: T x max(0.3, 1 - 0.35 (3.5 - K)); K < 3.3: ST de
 potassium_qtc          QTc -10 ms per +1 mEq K (around 4.2)                                         both
 calcium_qtc            QTc -22 ms per +1 mg/dL total Ca (around 9.4), ST segment only (T shape kept) both
 magnesium_qtc          Mg < 2.0: QTc +12 ms per -0.5 mg/dL, T flattening, larger U (weak target)     both
-troponin_st            P(territory injury) = sigmoid(3 (log10 TnT + 1.2)): ST elevation             both
+troponin_st            P(territory injury) = sigmoid(3.5 (log10 TnT + 1)): ST elevation             both
                        0.1-0.3 mV in anterior/inferior/lateral leads with reciprocal depression,
                        T inversion and (older injury) Q waves >= 40 ms
 bnp_af                 P(atrial fibrillation) = sigmoid(2 (log10 BNP - 3.8)) (no P, irregular RR)   both
@@ -339,7 +339,7 @@ def ecg_parameters(rng, e, cfg) -> dict[str, np.ndarray]:
     st_mag -= r["anemia_hr"] * 0.05 * (e["hb"] < 7)
 
     # injury: territory ST vector, T inversion, Q waves
-    p_inj = r["troponin_st"] * _sigmoid(3.0 * (np.log10(e["tnt"]) + 1.2))
+    p_inj = r["troponin_st"] * _sigmoid(3.5 * (np.log10(e["tnt"]) + 1.0))
     injury = (rng.random(n) < np.clip(p_inj, 0, 1)) & (r["troponin_st"] > 0)
     territory = np.where(injury, rng.integers(0, 3, n), -1)
     terr_vec = _unit(_TERRITORY_VEC)[np.clip(territory, 0, 2)]
