@@ -7,7 +7,7 @@ folder, then times on the same machine and in the same run:
   naive loop (peer)    wfdb.rdrecord + the model's own one-record predict(), record by record
 Target (issue 6): >= 200 records/s on 2 CPU cores with the tiny model.
 
-  python benches/bench_predict.py [--records 1000] [--batch-size 64] [--device cpu] [--threads 2]
+  python benches/bench_predict.py [--records 1000] [--batch-size 64] [--device cpu|cuda] [--threads 1]
 """
 from __future__ import annotations
 
@@ -48,7 +48,9 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=1000)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (the box has 2 cores)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads (default 1: on a shared 2-core box, 2 OpenMP threads spend "
+                         "their time waiting for each other; file reading runs in 2 more threads)")
     ap.add_argument("--peer-records", type=int, default=200, help="records for the slow naive loop")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -61,7 +61,8 @@ def test_absent_leads_are_labelled(tmp_path):
 
 def test_report_stems_are_unique():
     taken = set()
-    assert [report.report_stem(n, taken) for n in ["a/x.hea", "b/x.hea", "c/x y"]] == ["x.hea", "x.hea_2", "x_y"]
+    names = ["a/x.hea", "b/x.hea", "c/x y", "d/ecg.dcm", "e/ecg.npy"]
+    assert [report.report_stem(n, taken) for n in names] == ["x.hea", "x.hea_2", "x_y", "ecg", "ecg_2"]
 
 
 def test_cli_writes_reports(cinc_dir, tmp_path):

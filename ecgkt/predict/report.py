@@ -209,7 +209,9 @@ Not a clinical device.</p>
 
 def report_stem(record_name: str, taken: set) -> str:
     """A file name for a record's report, unique within one output folder."""
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(record_name).name) or "record"
+    name = Path(record_name)
+    name = name.stem if name.suffix.lower() in (".dcm", ".dicom", ".npy") else name.name
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "record"
     candidate, k = stem, 2
     while candidate in taken:
         candidate, k = f"{stem}_{k}", k + 1
