@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 import wfdb
 
 from ecgkt.data.wfdb_io import STANDARD_LEADS
@@ -290,3 +291,18 @@ def test_synthetic_mimic_root_predicts(tmp_path, model):
     out = list(Predictor(model, batch_size=3).run(sources))
     assert all(isinstance(r, RecordResult) and r.fs == 500 for _, _, r in out), out
     assert [s.path.name for s, _, _ in out] == [str(x) for x in listed["study_id"]]
+
+
+def test_low_rate_record_warns_and_bad_options_are_user_errors(model):
+    from ecgkt.errors import ECGKTError
+    from ecgkt.predict.inference import resolve_device
+
+    result = Predictor(model).predict(synthetic_ecg(10, 80, seed=2), 80)  # below the model's 100 Hz
+    assert any("below the model's 100 Hz" in w for w in result.warnings)
+    with pytest.raises(ECGKTError, match="batch-size"):
+        Predictor(model, batch_size=0)
+    with pytest.raises(ECGKTError, match="not a device"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ECGKTError, match="CUDA is not available"):
+            resolve_device("cuda")

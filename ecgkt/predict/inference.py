@@ -187,6 +187,10 @@ class Predictor:
         duration = rec.n_samples / rec.fs
         if duration < 0.5 * self.window_s:
             warnings.append(f"record is {duration:.1f} s long; the model was trained on {self.window_s:g} s windows")
+        model_fs = self.model.preprocessor.settings.get("target_fs")
+        if model_fs and rec.fs < model_fs:
+            warnings.append(f"record sampled at {rec.fs:g} Hz, below the model's {model_fs:g} Hz: upsampled, so "
+                            f"content above {rec.fs / 2:g} Hz is missing")
         flat_names = [leads[k] for k in np.flatnonzero(flat)]
         if flat_names:
             warnings.append(f"lead(s) {', '.join(flat_names)} flat or without signal: fed to the model as zeros")
