@@ -66,8 +66,8 @@ def test_report_stems_are_unique():
 
 
 def test_cli_writes_reports(cinc_dir, tmp_path):
-    model_dir = make_model().save_pretrained(tmp_path / "model")
-    r = run_cli("predict", model_dir, cinc_dir / "E07503", cinc_dir / "E07504", "--report", tmp_path / "rep")
+    make_model().save_pretrained(tmp_path / "run" / "model")  # a pipeline run folder works as MODEL too
+    r = run_cli("predict", tmp_path / "run", cinc_dir / "E07503", cinc_dir / "E07504", "--report", tmp_path / "rep")
     assert r.returncode == 0, r.stderr
     for name in ("E07503", "E07504"):
         img = mpimg.imread(tmp_path / "rep" / f"{name}.png")

@@ -42,8 +42,8 @@ library (import ecgkt, or libecgkt_ops.so from the CMake build in C++).
 def add_cli(subparsers) -> None:
     p = subparsers.add_parser("predict", help="diagnoses + lab-abnormality explanations for ECG files",
                               description=PREDICT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", metavar="MODEL", help="model folder written by `ecgkt pipeline` (config.json + "
-                                                  "model.safetensors)")
+    p.add_argument("model", metavar="MODEL", help="model folder (config.json + model.safetensors), or the run "
+                                                  "folder of `ecgkt pipeline` (its model/ is used)")
     p.add_argument("inputs", metavar="INPUT", nargs="+", help="records, DICOM/.npy files, folders or record lists")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table",
                    help="output format on stdout (default: table)")
@@ -77,9 +77,12 @@ def add_cli(subparsers) -> None:
 def _load_model(path: str):
     from ..models import ECGKTModel
 
-    if not Path(path).exists():
+    folder = Path(path)
+    if not folder.exists():
         raise ECGKTError(f"{path}: no such model folder")
-    return ECGKTModel.from_pretrained(path)
+    if not (folder / "config.json").is_file() and (folder / "model" / "config.json").is_file():
+        folder = folder / "model"  # a pipeline run folder: its final model lives in RUN/model
+    return ECGKTModel.from_pretrained(folder)
 
 
 def _table_block(result, top: int) -> str:
