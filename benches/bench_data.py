@@ -179,41 +179,41 @@ def bench_store(store, repeats: int = 3) -> dict:
 
 
 def bench_loader(store, batch_size: int = 64, epochs: int = 3) -> dict:
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, default_collate
 
-    from ecgkt.data import ECGDataset
-
-    from torch.utils.data import default_collate
+    from ecgkt.data import ECGDataset, collate
 
     ds = ECGDataset(store.path)
     res = {}
     # the floor: only stacking already-fetched items into a batch (fresh batch memory each time)
     items = [ds[i % len(ds)] for i in range(batch_size)]
-    default_collate(items)  # warm-up (allocator)
-    t = time.perf_counter()
-    for _ in range(10):
-        default_collate(items)
-    rate = 10 * batch_size / (time.perf_counter() - t)
-    res["collate_only_records_per_s"] = rate
+    for name, fn in (("default_collate", default_collate), ("ecgkt.data.collate", collate)):
+        fn(items)  # warm-up (allocator)
+        t = time.perf_counter()
+        for _ in range(10):
+            fn(items)
+        res[f"{name}_only_records_per_s"] = 10 * batch_size / (time.perf_counter() - t)
     t = time.perf_counter()
     for i in range(len(ds)):
         ds[i]
     res["getitem_records_per_s"] = len(ds) / (time.perf_counter() - t)
-    print(f"[loader] ECGDataset.__getitem__ alone: {res['getitem_records_per_s']:,.0f} records/s; "
-          f"default_collate alone (batch {batch_size}): {rate:,.0f} records/s")
-    for workers in (0, 2):
-        loader = DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers,
-                            persistent_workers=workers > 0)
-        next(iter(loader))  # start the workers outside the timing
-        t = time.perf_counter()
-        count = 0
-        for _ in range(epochs):
-            for batch in loader:
-                count += batch["signal"].shape[0]
-        rate = count / (time.perf_counter() - t)
-        res[f"workers_{workers}_records_per_s"] = rate
-        print(f"[loader] ECGDataset + DataLoader(batch {batch_size}, shuffle, num_workers={workers}): "
-              f"{rate:,.0f} records/s")
+    print(f"[loader] ECGDataset.__getitem__ alone: {res['getitem_records_per_s']:,.0f} records/s; batch of "
+          f"{batch_size} stacked by default_collate: {res['default_collate_only_records_per_s']:,.0f} records/s, "
+          f"by ecgkt.data.collate: {res['ecgkt.data.collate_only_records_per_s']:,.0f} records/s")
+    for collate_name, collate_fn in (("default_collate", None), ("ecgkt.data.collate", collate)):
+        for workers in (0, 2):
+            loader = DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers,
+                                persistent_workers=workers > 0, collate_fn=collate_fn)
+            next(iter(loader))  # start the workers outside the timing
+            t = time.perf_counter()
+            count = 0
+            for _ in range(epochs):
+                for batch in loader:
+                    count += batch["signal"].shape[0]
+            rate = count / (time.perf_counter() - t)
+            res[f"{collate_name}_workers_{workers}_records_per_s"] = rate
+            print(f"[loader] ECGDataset + DataLoader(batch {batch_size}, shuffle, num_workers={workers}, "
+                  f"{collate_name}): {rate:,.0f} records/s")
     return res
 
 

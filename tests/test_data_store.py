@@ -249,3 +249,19 @@ def test_overwrite_replaces_only_store_files(tiny, tmp_path):
                         overwrite=True)
     assert (out / "notes.txt").read_text() == "keep me" and len(store) == 4
     assert store.manifest["settings"]["config"]["dx_min_count"] == 2
+
+
+def test_collate_matches_default_collate(built):
+    from torch.utils.data import default_collate
+
+    from ecgkt.data import collate
+
+    ds = ECGDataset(built.path)
+    items = [ds[i] for i in range(len(ds))]
+    ours, ref = collate(items), default_collate(items)
+    assert set(ours) == set(ref)
+    for key in ref:
+        assert ours[key].dtype == ref[key].dtype and ours[key].shape == ref[key].shape, key
+        assert torch.equal(torch.nan_to_num(ours[key]), torch.nan_to_num(ref[key])), key
+    batches = list(DataLoader(ds, batch_size=3, num_workers=2, collate_fn=collate))
+    assert torch.cat([b["index"] for b in batches]).tolist() == list(range(len(ds)))

@@ -6,6 +6,7 @@
   read_labevents(path, itemids)     streaming, filtered labevents reader
   prepare(roots, out_dir)           the signal store (`ecgkt prepare`); ECGStore reads it
   ECGDataset(store_dir, folds)      torch Dataset over a store (imported lazily: needs torch)
+  collate(items)                    DataLoader collate_fn for its items (numpy stacking)
   generate(out_dir, patients, seed) the synthetic MIMIC-shaped dataset (`ecgkt synth`)
 """
 from .labevents import read_labevents
@@ -17,10 +18,10 @@ from .wfdb_io import INVALID, STANDARD_LEADS, ECGRecord, iter_windows, read_head
 
 def __getattr__(name):
     # torch and pydicom are imported only when these are asked for
-    if name == "ECGDataset":
-        from .dataset import ECGDataset
+    if name in ("ECGDataset", "collate"):
+        from . import dataset
 
-        return ECGDataset
+        return getattr(dataset, name)
     if name == "read_dicom":
         from .dicom_io import read_dicom
 
@@ -30,4 +31,4 @@ def __getattr__(name):
 
 __all__ = ["INVALID", "STANDARD_LEADS", "ECGRecord", "read_record", "read_header", "iter_windows",
            "read_dicom", "read_labevents", "CohortConfig", "Cohort", "build_cohort", "find_roots",
-           "subject_folds", "prepare", "ECGStore", "ECGDataset", "generate", "SynthConfig"]
+           "subject_folds", "prepare", "ECGStore", "ECGDataset", "collate", "generate", "SynthConfig"]
