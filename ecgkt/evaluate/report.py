@@ -20,27 +20,35 @@ def _test_of(label: str) -> str:
     return label
 
 
-def lab_results(y, p, mask, label_names, boot_idx, ci) -> dict:
+def lab_results(y, p, mask, label_names, boot_idx, ci, min_positives: int = 10) -> dict:
+    """AUROC per lab label and per test (mean of its low/high labels); the macro AUROC averages the labels
+    with at least `min_positives` positives and negatives among the test ECGs where the lab is known."""
     per = metrics.per_label(metrics.auroc, y, p, mask)
+    pos = ((y > 0.5) & mask).sum(0)
+    neg = ((y <= 0.5) & mask).sum(0)
+    ok = (pos >= min_positives) & (neg >= min_positives)
     tests = {}
-    for name, v in zip(label_names, per):
-        tests.setdefault(_test_of(name), []).append(v)
+    for name, v, good in zip(label_names, per, ok):
+        tests.setdefault(_test_of(name), []).append(v if good else np.nan)
     per_test = {t: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for t, v in tests.items()}
-    keep = np.array([_test_of(n) not in NEGATIVE_CONTROL_LABS for n in label_names])
-    macro = metrics.macro_auroc(y, p, mask)
-    boot = bootstrap_statistic(lambda r: metrics.macro_auroc(y[r], p[r], mask[r]), boot_idx)
+    keep = ok & np.array([_test_of(n) not in NEGATIVE_CONTROL_LABS for n in label_names], dtype=bool)
+    yk, pk, mk = y[:, ok], p[:, ok], mask[:, ok]
+    macro = metrics.macro_auroc(yk, pk, mk) if ok.any() else float("nan")
+    boot = bootstrap_statistic(lambda r: metrics.macro_auroc(yk[r], pk[r], mk[r]), boot_idx) if ok.any() else []
     out = dict(macro_auroc=dict(value=macro, ci=interval(boot, ci)),
                macro_auroc_without_negative_controls=metrics.macro_auroc(y[:, keep], p[:, keep], mask[:, keep])
                if keep.any() else float("nan"),
+               labels_in_macro=[n for n, g in zip(label_names, ok) if g], min_positives=int(min_positives),
                per_label_auroc={n: float(v) for n, v in zip(label_names, per)}, per_test_auroc=per_test,
-               positives={n: int(((y[:, j] > 0.5) & mask[:, j]).sum()) for j, n in enumerate(label_names)})
+               positives={n: int(v) for n, v in zip(label_names, pos)})
     for t in NEGATIVE_CONTROL_LABS:
         if t in per_test:
             out[f"negative_control_{t}"] = per_test[t]
     return out
 
 
-def compute(preds: dict, dx_names, lab_label_names, n_boot: int = 1000, ci: float = 0.95, seed: int = 0) -> dict:
+def compute(preds: dict, dx_names, lab_label_names, n_boot: int = 1000, ci: float = 0.95, seed: int = 0,
+            lab_min_positives: int = 10) -> dict:
     """preds: dict with val_dx_y, test_dx_y, test_lab_y, test_lab_mask, and per model `val_<m>`, `test_<m>`
     diagnosis probabilities; lab probabilities as `test_lab_<source>`."""
     y_val, y = np.asarray(preds["val_dx_y"]), np.asarray(preds["test_dx_y"])
@@ -87,7 +95,7 @@ def compute(preds: dict, dx_names, lab_label_names, n_boot: int = 1000, ci: floa
         if key.startswith("test_lab_") and key not in ("test_lab_y", "test_lab_mask"):
             res["labs"][key[len("test_lab_"):]] = lab_results(
                 np.asarray(preds["test_lab_y"]), np.asarray(preds[key]), np.asarray(preds["test_lab_mask"]).astype(bool),
-                lab_label_names, idx, ci)
+                lab_label_names, idx, ci, lab_min_positives)
     res["verdict"] = verdict(res)
     return res
 
@@ -166,9 +174,11 @@ def markdown(res: dict, lab_label_names=None) -> str:
         lines += ["", "## Lab abnormalities from the ECG (the explanation), AUROC per test", "",
                   "| test | " + " | ".join(srcs) + " |", "|---" * (1 + len(srcs)) + "|"]
         for t in tests:
+            if all(not np.isfinite(res["labs"][s]["per_test_auroc"][t]) for s in srcs):
+                continue
             mark = " (negative control)" if t in NEGATIVE_CONTROL_LABS else ""
             lines.append(f"| {t}{mark} | " + " | ".join(f"{res['labs'][s]['per_test_auroc'][t]:.3f}" for s in srcs) + " |")
-        lines.append("| **macro (all labels)** | " + " | ".join(_fmt(res["labs"][s]["macro_auroc"]) for s in srcs) + " |")
+        lines.append(f"| **macro ({len(res['labs'][srcs[0]]['labels_in_macro'])} labels)** | " + " | ".join(_fmt(res["labs"][s]["macro_auroc"]) for s in srcs) + " |")
         lines.append("| macro without negative controls | "
                      + " | ".join(f"{res['labs'][s]['macro_auroc_without_negative_controls']:.3f}" for s in srcs) + " |")
     lines += ["", "## Reading", ""] + [f"- {v}" for v in res["verdict"]]
@@ -191,6 +201,7 @@ def table(res: dict) -> str:
             rows.append(f"{k.replace('_', ' '):<30} {100 * c[k]['value']:.1f}%")
     labs = res.get("labs", {}).get("ecgkt")
     if labs:
-        rows.append("lab AUROC (final model): " + ", ".join(f"{t} {v:.3f}" for t, v in labs["per_test_auroc"].items()))
+        rows.append("lab AUROC (final model): " + ", ".join(f"{t} {v:.3f}" for t, v in labs["per_test_auroc"].items()
+                                                            if np.isfinite(v)))
         rows.append(f"lab macro AUROC: {_fmt(labs['macro_auroc'])}")
     return "\n".join(rows + [""] + res["verdict"])

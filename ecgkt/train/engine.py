@@ -28,9 +28,25 @@ class Preprocessed:
     """Runs ``ecgkt.preprocess`` (the model's settings) on the batch's device. Preprocessing is
     deterministic, so results may be cached in memory by study id and reused across epochs and stages."""
 
-    def __init__(self, preprocessor: nn.Module, fs: float, cache: bool = True):
+    def __init__(self, preprocessor: nn.Module, fs: float, cache: bool = True, crop_seconds: float | None = None):
         self.preprocessor, self.fs, self.cache = preprocessor, fs, cache
+        out_fs = preprocessor.settings.get("target_fs") or fs
+        self.crop = int(round(crop_seconds * out_fs)) if crop_seconds else None
         self._store: dict[int, torch.Tensor] = {}
+
+    def train_view(self, batch: dict, device: torch.device) -> torch.Tensor:
+        """Training input: a random window of `crop_seconds` per ECG (augmentation, and cheaper steps).
+        The offset is a hash of (study id, the epoch's seed), so it does not depend on how the batch is split
+        across ranks (DDP gives the same result as one process) and a resumed epoch repeats exactly."""
+        x = self(batch, device)
+        if self.crop is None or self.crop >= x.shape[-1]:
+            return x
+        h = (batch["study_id"].long() * 0x9E3779B1 + (torch.initial_seed() % 2**31) * 0x85EBCA77) & 0x7FFFFFFF
+        h = h ^ (h >> 15)
+        h = ((h * 0x2C1B3C6D) & 0x7FFFFFFF) ^ (h >> 12)
+        starts = h % (x.shape[-1] - self.crop + 1)
+        idx = (starts[:, None] + torch.arange(self.crop)[None]).to(x.device)
+        return torch.gather(x, 2, idx[:, None, :].expand(-1, x.shape[1], -1))
 
     def __call__(self, batch: dict, device: torch.device) -> torch.Tensor:
         keys = [int(k) for k in batch["study_id"]]

@@ -48,8 +48,8 @@ def setup_run(cfg: dict, run_dir, env) -> Path:
                           for k in cfg[s] if (s, k) not in _RESUME_FREE and old.get(s, {}).get(k) != cfg[s][k])
             raise ECGKTError(f"{run_dir}: this run folder was started with another configuration "
                              f"(differs in {', '.join(diff) or 'top-level keys'}); use a new --out")
-    if env.is_main:
-        config_mod.save_resolved(cfg, path)
+    if env.is_main:  # the testing aid is not part of the run's configuration
+        config_mod.save_resolved({**cfg, "runtime": {**cfg["runtime"], "fail_after": None}}, path)
     return run_dir
 
 
@@ -194,9 +194,10 @@ def write_results(run_dir, preds: dict, histories: dict, dx_names, lab_label_nam
 
     run_dir = Path(run_dir)
     e = cfg["evaluate"]
-    res = report.compute(preds, dx_names, lab_label_names, int(e["bootstrap"]), float(e["ci"]), int(e["seed"]))
+    res = report.compute(preds, dx_names, lab_label_names, int(e["bootstrap"]), float(e["ci"]), int(e["seed"]),
+                         int(e.get("lab_min_positives", 10)))
     res["seed"] = cfg["seed"]
-    res["config"] = cfg
+    res["config"] = {**cfg, "runtime": {**cfg["runtime"], "fail_after": None}}
     checkpoint.save_json(res, run_dir / "results.json")
     (run_dir / "results.md").write_text(report.markdown(res))
     plot_dir = run_dir / "plots"

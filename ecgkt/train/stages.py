@@ -74,7 +74,8 @@ def context_from_datasets(cfg, env, run_dir, train, val, test) -> Context:
     for split, ds in (("train", train), ("val", val), ("test", test)):
         if len(ds) == 0:
             raise ECGKTError(f"the {split} split (folds {cfg['data'][split + '_folds']}) holds no ECGs")
-    prep = Preprocessed(ECGPreprocessor(**_prep_settings(cfg)), float(train.fs), cfg["preprocessing"]["cache"])
+    prep = Preprocessed(ECGPreprocessor(**_prep_settings(cfg)), float(train.fs), cfg["preprocessing"]["cache"],
+                        cfg["preprocessing"].get("train_crop_seconds"))
     return Context(cfg=cfg, env=env, run_dir=Path(run_dir), train=train, val=val, test=test, prep=prep,
                    fs=float(train.fs), leads=list(train.leads), tab_names=list(train.tab_names),
                    lab_tests=list(train.lab_tests), lab_label_names=list(train.lab_label_names),
@@ -82,7 +83,7 @@ def context_from_datasets(cfg, env, run_dir, train, val, test) -> Context:
 
 
 def _prep_settings(cfg) -> dict:
-    return {k: v for k, v in cfg["preprocessing"].items() if k != "cache"}
+    return {k: v for k, v in cfg["preprocessing"].items() if k not in ("cache", "train_crop_seconds")}
 
 
 _TABLE_KEYS = ("tab", "tab_mask", "lab_y", "lab_mask", "dx_y", "study_id")
@@ -185,8 +186,8 @@ def pretrain(ctx: Context, name: str = "pretrain", permute: bool = False) -> dic
         loader = make_loader(dataset, p["batch_size"], env, seed=ctx.seed(name), shuffle=True,
                              num_workers=cfg["data"]["num_workers"])
 
-        def pair_loss(net, batch, loss_fn):
-            x = ctx.prep(batch, env.device)
+        def pair_loss(net, batch, loss_fn, train=True):
+            x = ctx.prep.train_view(batch, env.device) if train else ctx.prep(batch, env.device)
             e, t = net(x, batch["tab"].to(env.device), batch["tab_mask"].to(env.device))
             scale = model.logit_scale.clamp(max=float(np.log(100.0))).exp()
             return loss_fn(e.float(), t.float(), scale, model.logit_bias)
@@ -200,7 +201,7 @@ def pretrain(ctx: Context, name: str = "pretrain", permute: bool = False) -> dic
             for batch in make_loader(ctx.val, p["batch_size"], env, seed=0, shuffle=False):
                 if len(batch["study_id"]) < 2:
                     continue
-                losses_ += float(pair_loss(mdl, batch, local_loss)) * len(batch["study_id"])
+                losses_ += float(pair_loss(mdl, batch, local_loss, train=False)) * len(batch["study_id"])
                 n += len(batch["study_id"])
             return dict(val_loss=losses_ / max(n, 1))
 
@@ -293,7 +294,7 @@ def train_labs(ctx: Context, encoder_state: dict, name: str = "labs") -> dict:
             groups = param_groups([(model.encoder, s["encoder_lr"]), (model.lab_head, s["lr"])], s["weight_decay"])
 
             def loss_fn(net, b):
-                out = net(ctx.prep(b, env.device))
+                out = net(ctx.prep.train_view(b, env.device))
                 return masked_bce(out["lab_logits"], b["lab_y"].to(env.device), b["lab_mask"].to(env.device))
 
             def val_logits(mdl):
@@ -375,7 +376,7 @@ def finetune(ctx: Context, name: str = "finetune", encoder_state: dict | None = 
                              num_workers=cfg["data"]["num_workers"])
 
         def loss_fn(net, b):
-            out = net(ctx.prep(b, env.device))
+            out = net(ctx.prep.train_view(b, env.device))
             loss = nn.functional.binary_cross_entropy_with_logits(out["dx_logits"].float(), b["dx_y"].to(env.device))
             if lab_w > 0:
                 loss = loss + lab_w * masked_bce(out["lab_logits"], b["lab_y"].to(env.device),
@@ -409,7 +410,7 @@ def multimodal(ctx: Context, name: str = "multimodal") -> dict:
             return net(x, b["tab"].to(env.device), b["tab_mask"].to(env.device))
 
         def loss_fn(net, b):
-            logits = fwd(net, ctx.prep(b, env.device), b)
+            logits = fwd(net, ctx.prep.train_view(b, env.device), b)
             return nn.functional.binary_cross_entropy_with_logits(logits.float(), b["dx_y"].to(env.device))
 
         history = fit(model=model, groups=param_groups([(model, s["lr"])], s["weight_decay"]), loss_fn=loss_fn,
