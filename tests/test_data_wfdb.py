@@ -151,3 +151,11 @@ def test_dicom_waveform(pydicom_ecg_path):
     ref = pydicom.dcmread(pydicom_ecg_path).waveform_array(0)  # µV, DICOM order I..V6
     np.testing.assert_allclose(rec.physical() * 1000.0, ref.T, atol=1e-3)
     assert not (rec.signal == INVALID).any()
+
+
+def test_lead_name_spellings():
+    from ecgkt.data.wfdb_io import lead_index
+
+    assert [lead_index(n) for n in ("i", "AVR", "aVl", " V6 ", "DII", "d3", "Lead V1", "lead aVF")] == \
+        [0, 3, 4, 11, 1, 2, 6, 5]
+    assert lead_index("vx") is None and lead_index("MLII") is None and lead_index("leadx") is None

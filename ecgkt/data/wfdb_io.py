@@ -26,6 +26,8 @@ STANDARD_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4",
 INVALID = np.int16(-32768)  # the int16 sentinel for a missing sample (MIMIC's own convention)
 
 _LEAD_KEYS = {name.lower(): i for i, name in enumerate(STANDARD_LEADS)}
+# other spellings in use: Brazilian/European DI-DIII, "lead I"
+_LEAD_KEYS.update({"di": 0, "dii": 1, "diii": 2, "d1": 0, "d2": 1, "d3": 2})
 # Digital value each WFDB format uses for "no sample".
 _FORMAT_INVALID = {"8": -128, "80": -128, "16": -32768, "61": -32768, "160": -32768, "212": -2048,
                    "310": -512, "311": -512, "24": -(2 ** 23), "32": -(2 ** 31)}
@@ -70,8 +72,10 @@ class ECGRecord:
 
 
 def lead_index(name: str) -> int | None:
-    """Standard-order index of a lead name (case-insensitive: ``i``, ``AVR``, ``v1``), or None."""
-    return _LEAD_KEYS.get(name.strip().lower())
+    """Standard-order index of a lead name (case-insensitive: ``i``, ``AVR``, ``v1``, ``DII``,
+    ``Lead V1``), or None."""
+    key = name.strip().lower()
+    return _LEAD_KEYS.get(key.removeprefix("lead").strip()) if key.startswith("lead") else _LEAD_KEYS.get(key)
 
 
 def map_leads(names, path) -> np.ndarray:
