@@ -61,9 +61,9 @@ def _extension():
 
     debug = _flag("ECGKT_DEBUG")
     cxx = ["-O0", "-g"] if debug else ["-O3"]
-    cxx += ["-std=c++17", "-fopenmp", "-DECGKT_TORCH_VERSION=\"%s\"" % torch.__version__]
+    cxx += ["-fopenmp", "-DECGKT_TORCH_VERSION=\"%s\"" % torch.__version__]
     nvcc = ["-O0", "-g", "-G"] if debug else ["-O3", "--use_fast_math"]
-    nvcc += ["-std=c++17", "-lineinfo"]
+    nvcc += ["-lineinfo"]  # the C++ standard comes from torch (C++17 or C++20 by version)
     kwargs = dict(
         name="ecgkt._C",
         include_dirs=[os.path.join(ROOT, "csrc")],
