@@ -149,7 +149,7 @@ def _export_onnx(module, inputs, path: Path) -> None:
     try:
         import onnx  # noqa: F401
     except ImportError:
-        raise ECGKTError("ONNX export needs the onnx and onnxscript packages: pip install 'ecgkt[onnx]'") from None
+        raise ECGKTError("ONNX export needs the onnx package: pip install onnx (and onnxruntime to run the file)") from None
     torch.onnx.export(module, inputs, str(path), input_names=["signal"], output_names=["diagnoses", "labs"],
                       dynamic_axes={"signal": {0: "batch"}, "diagnoses": {0: "batch"}, "labs": {0: "batch"}},
                       dynamo=False)
