@@ -1,7 +1,7 @@
 // CPU kernel of ecgkt::preprocess (schema in csrc/registry.cpp, semantics in ecgkt/ops/preprocess.py).
 // Checks the arguments, picks the widest instruction set this CPU has (AVX-512, AVX2+FMA or the x86-64
 // baseline; ECGKT_CPU_ISA=baseline|avx2|avx512 caps it), and runs the block kernel of cpu_kernel.h over
-// blocks of 16 float32 (8 float64) rows in parallel with at::parallel_for. The robust normalisation's
+// blocks of 16-32 rows (one row per SIMD lane) in parallel with at::parallel_for. The robust normalisation's
 // medians are finished here, per block, right after the block kernel (nth_element in the baseline ISA).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -21,7 +21,7 @@ namespace ecgkt {
 namespace preprocess_cpu {
 namespace {
 
-BlockFn choose_block_fn(bool dbl) {
+Kernel choose_kernel(bool dbl) {
   const char* cap_env = std::getenv("ECGKT_CPU_ISA");
   const std::string cap = cap_env ? cap_env : "";
   TORCH_CHECK(cap.empty() || cap == "baseline" || cap == "avx2" || cap == "avx512",
@@ -30,10 +30,10 @@ BlockFn choose_block_fn(bool dbl) {
   __builtin_cpu_init();
   const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
   const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (avx512 && (cap.empty() || cap == "avx512")) return block_fn_avx512(dbl);
-  if (avx2 && cap != "baseline") return block_fn_avx2(dbl);
+  if (avx512 && (cap.empty() || cap == "avx512")) return kernel_avx512(dbl);
+  if (avx2 && cap != "baseline") return kernel_avx2(dbl);
 #endif
-  return block_fn_baseline(dbl);
+  return kernel_baseline(dbl);
 }
 
 double median_inplace(double* v, int64_t n) {
@@ -142,16 +142,16 @@ std::tuple<at::Tensor, at::Tensor> preprocess_cpu(const at::Tensor& signal, cons
   p.out = out.data_ptr();
   p.flags = flags.data_ptr<int32_t>();
 
-  const BlockFn block = choose_block_fn(dbl);
-  const int64_t rows = dbl ? kRowsDouble : kRowsFloat;
+  const Kernel kernel = choose_kernel(dbl);
+  const int64_t rows = kernel.rows;
   const int64_t n_blocks = (N + rows - 1) / rows;
-  const size_t bytes = size_t((scratch_bytes(p, dbl) + 63) / 64 * 64);
+  const size_t bytes = size_t((scratch_bytes(p, dbl, rows) + 63) / 64 * 64);
   at::parallel_for(0, n_blocks, 1, [&](int64_t b0, int64_t b1) {
     std::unique_ptr<void, FreeDeleter> scratch(std::aligned_alloc(64, bytes));
     TORCH_CHECK(scratch, "ecgkt::preprocess: out of memory for a ", bytes, "-byte scratch buffer");
     std::vector<double> tmp;
     for (int64_t blk = b0; blk < b1; ++blk) {
-      block(p, blk * rows, scratch.get());
+      kernel.fn(p, blk * rows, scratch.get());
       if (normalize == 2) {
         const int64_t r0 = blk * rows, r1 = std::min(N, r0 + rows);
         if (dbl) robust_rows(static_cast<double*>(p.out), p.flags, r0, r1, T_out, tmp);

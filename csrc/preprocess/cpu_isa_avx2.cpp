@@ -14,8 +14,9 @@ namespace isa_avx2 {
 #include "preprocess/cpu_kernel.h"
 }  // namespace isa_avx2
 
-BlockFn block_fn_avx2(bool dbl) {
-  return dbl ? &isa_avx2::run_block<double, 4> : &isa_avx2::run_block<float, 8>;
+Kernel kernel_avx2(bool dbl) {
+  if (dbl) return Kernel{&isa_avx2::run_block<double, 4, 2>, 8};
+  return Kernel{&isa_avx2::run_block<float, 8, 2>, 16};
 }
 
 }  // namespace preprocess_cpu

@@ -14,8 +14,9 @@ namespace isa_avx512 {
 #include "preprocess/cpu_kernel.h"
 }  // namespace isa_avx512
 
-BlockFn block_fn_avx512(bool dbl) {
-  return dbl ? &isa_avx512::run_block<double, 8> : &isa_avx512::run_block<float, 16>;
+Kernel kernel_avx512(bool dbl) {
+  if (dbl) return Kernel{&isa_avx512::run_block<double, 8, 2>, 16};
+  return Kernel{&isa_avx512::run_block<float, 16, 2>, 32};
 }
 
 }  // namespace preprocess_cpu

@@ -11,8 +11,9 @@ namespace isa_baseline {
 #include "preprocess/cpu_kernel.h"
 }  // namespace isa_baseline
 
-BlockFn block_fn_baseline(bool dbl) {
-  return dbl ? &isa_baseline::run_block<double, 2> : &isa_baseline::run_block<float, 4>;
+Kernel kernel_baseline(bool dbl) {
+  if (dbl) return Kernel{&isa_baseline::run_block<double, 2, 2>, 4};
+  return Kernel{&isa_baseline::run_block<float, 4, 2>, 8};
 }
 
 }  // namespace preprocess_cpu

@@ -26,26 +26,27 @@ struct Problem {
   int32_t* flags = nullptr;         // [n_rows]
 };
 
-// Rows handled together: one row per SIMD lane, several vectors per block so that
-// independent recursions hide the FMA latency.
-constexpr int64_t kRowsFloat = 16;
-constexpr int64_t kRowsDouble = 8;
-
-// Scratch bytes one block needs (64-byte aligned by the caller).
-inline int64_t scratch_bytes(const Problem& p, bool dbl) {
-  const int64_t rows = dbl ? kRowsDouble : kRowsFloat;
+// Scratch bytes one block of `rows` rows needs (64-byte aligned by the caller).
+inline int64_t scratch_bytes(const Problem& p, bool dbl, int64_t rows) {
   const int64_t elem = dbl ? 8 : 4;
   const int64_t resampled = (p.up != 1 || p.down != 1) ? p.T_out : 0;
   return ((p.T + 2 * p.pad) + resampled) * rows * elem + 64;
 }
 
-// Processes rows [row0, min(row0 + rows per block, n_rows)).
+// Processes rows [row0, min(row0 + rows, n_rows)).
 using BlockFn = void (*)(const Problem&, int64_t row0, void* scratch);
 
-BlockFn block_fn_baseline(bool dbl);
+// A block kernel and its block size: one row per SIMD lane, several vectors per block so that
+// independent recursions hide the FMA latency.
+struct Kernel {
+  BlockFn fn;
+  int64_t rows;
+};
+
+Kernel kernel_baseline(bool dbl);
 #if defined(__x86_64__) || defined(_M_X64)
-BlockFn block_fn_avx2(bool dbl);
-BlockFn block_fn_avx512(bool dbl);
+Kernel kernel_avx2(bool dbl);
+Kernel kernel_avx512(bool dbl);
 #endif
 
 }  // namespace preprocess_cpu

@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import warnings
 from fractions import Fraction
 from typing import NamedTuple
 
@@ -39,7 +40,8 @@ from scipy import signal as sps
 from .. import _extension
 from ..errors import ECGKTError
 
-__all__ = ["preprocess", "PreprocessResult", "filter_design", "FilterDesign", "response_requirements"]
+__all__ = ["preprocess", "PreprocessResult", "filter_design", "FilterDesign", "response_requirements",
+           "measure_response"]
 
 NORMALIZE_CODES = {None: 0, "none": 0, "zscore": 1, "robust": 2}
 BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
@@ -331,6 +333,28 @@ if _extension.available:
     torch.library.register_autograd("ecgkt::preprocess", _backward, setup_context=_setup_context)
 
 
+def measure_response(fs: float, freqs, *, dtype=torch.float32, backend="auto", **settings) -> np.ndarray:
+    """Zero-phase magnitude response of ``preprocess`` in dB, measured with sinusoids.
+
+    One lead per frequency: a unit sinusoid long enough for 8 periods of the lowest frequency (at least
+    20 s) goes through ``preprocess(..., normalize=None)``; the output's amplitude at that frequency is
+    a least-squares sine/cosine fit over the middle half (away from the edges)."""
+    freqs = np.asarray(freqs, dtype=np.float64)
+    seconds = max(20.0, 8.0 / max(float(freqs.min()), 0.01))
+    n = int(seconds * fs) | 1
+    t = np.arange(n) / fs
+    x = np.sin(2 * np.pi * freqs[:, None] * t[None, :] + 0.3)
+    y = preprocess(torch.from_numpy(x).to(dtype), fs, normalize=None, backend=backend, **settings)
+    y = y.double().numpy()
+    mid = slice(n // 4, 3 * n // 4)
+    out = np.empty(len(freqs))
+    for i, f in enumerate(freqs):
+        basis = np.stack([np.sin(2 * np.pi * f * t[mid]), np.cos(2 * np.pi * f * t[mid]), np.ones(len(t[mid]))], 1)
+        coef, *_ = np.linalg.lstsq(basis, y[i, mid], rcond=None)
+        out[i] = 20 * np.log10(max(np.hypot(coef[0], coef[1]), 1e-12))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Public function
 # ---------------------------------------------------------------------------------------------------------
@@ -432,7 +456,12 @@ def preprocess(signal, fs, *, highpass=0.5, lowpass=100.0, notch=60.0, target_fs
     if backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ECGKTError("backend='triton' needs a CUDA tensor (or TRITON_INTERPRET=1 for CPU tensors)")
     if backend in ("cpu", "cuda") and not _extension.has_kernel("preprocess", backend.upper()):
-        _extension.warn_fallback("preprocess")
+        if _extension.available:  # loaded, but built without this device's kernel
+            warnings.warn(f"ecgkt: ecgkt._C has no {backend.upper()} kernel for preprocess (built with "
+                          f"CUDA={_extension.build_info.get('with_cuda')}); using the float64 reference",
+                          RuntimeWarning, stacklevel=2)
+        else:
+            _extension.warn_fallback("preprocess")
         backend = "reference"
 
     sos, zi, fir = _design_tensors(key, str(device))
