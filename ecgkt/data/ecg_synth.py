@@ -53,7 +53,8 @@ def derive_leads(indep: np.ndarray) -> np.ndarray:
 
 
 def _beat_onsets(rng, p, duration_ms):
-    """QRS onset times (n, K) in ms; beat 0 lies fully before the record starts."""
+    """QRS onset times (n, K) in ms (beat 0 lies fully before the record starts) and which beats
+    are ventricular premature beats: early (55-70 % of the RR) with a compensatory pause."""
     rr = p["rr"]
     n = len(rr)
     k = int(np.ceil(duration_ms / rr.min())) + 4
@@ -61,7 +62,13 @@ def _beat_onsets(rng, p, duration_ms):
     rrs = rr[:, None] * (1 + jitter[:, None] * rng.standard_normal((n, k)))
     rrs = np.maximum(rrs, np.minimum(rr[:, None], 280.0) * 0.75)
     start = -rrs[:, 0] - rng.uniform(0, 1, n) * rrs[:, 1]
-    return start[:, None] + np.concatenate([np.zeros((n, 1)), np.cumsum(rrs[:, :-1], axis=1)], axis=1)
+    on = start[:, None] + np.concatenate([np.zeros((n, 1)), np.cumsum(rrs[:, :-1], axis=1)], axis=1)
+    pvc = rng.random((n, k)) < np.asarray(p["pvc_rate"], float)[:, None]
+    pvc[:, :2] = False
+    pvc[:, 1:] &= ~pvc[:, :-1]  # never two in a row: the beat before a PVC is a normal one
+    early = on[:, :-1] + rng.uniform(0.55, 0.7, (n, k - 1)) * (on[:, 1:] - on[:, :-1])
+    on[:, 1:] = np.where(pvc[:, 1:], early, on[:, 1:])
+    return on, pvc
 
 
 def _gauss(d, c, s):
@@ -85,7 +92,7 @@ def _beat_parts(p, fs):
     n = len(p["rr"])
     dip = np.stack([p[f"{w}_vec"] for w in WAVES], axis=1).astype(f32)  # (n, W, 3)
     amp = np.einsum("nwk,lk->nlw", dip, LEAD_VECTORS.astype(f32))  # (n, 8, W)
-    after = np.zeros((n, len(WAVES), da.shape[1]), f32)
+    after = np.zeros((n, len(WAVES) + 2, da.shape[1]), f32)
     before = np.zeros((n, len(WAVES), db.shape[1]), f32)
     before[:, 0] = _gauss(db, p["p_c"], p["p_s"])
     for w, name in enumerate(("q", "r", "s", "rp"), start=1):
@@ -100,20 +107,32 @@ def _beat_parts(p, fs):
     after[:, 6] = np.exp(-0.5 * z * z)
     after[:, 7] = _gauss(da, p["u_c"], p["u_s"])
     after[:, 8] = _gauss(da, p["j_c"], p["j_s"])
-    return np.matmul(amp, after), np.matmul(amp, before)
+    # ventricular premature beat: one broad QRS wave and a discordant T
+    wide = p["pvc_qrs"]
+    after[:, 9] = _gauss(da, 0.5 * wide, 0.25 * wide)
+    z = (da - (wide + 190)[:, None]) / np.where(da < (wide + 190)[:, None], f32(75), f32(50))
+    after[:, 10] = np.exp(-0.5 * z * z)
+    normal = np.matmul(amp, after[:, :len(WAVES)])
+    pvc_amp = np.einsum("nwk,lk->nlw", np.stack([p["pvc_vec"], p["pvc_t_vec"]], 1).astype(f32),
+                        LEAD_VECTORS.astype(f32))
+    return normal, np.matmul(pvc_amp, after[:, len(WAVES):]), np.matmul(amp, before[:, :len(WAVES)])
 
 
 def render_clean(rng, p, n_samples=N_SAMPLES, fs=FS, onsets=None):
-    """Noise-free independent leads (n, T, 8) in mV, and the QRS onset times used (ms).
+    """Noise-free independent leads (n, T, 8) in mV, the QRS onset times used (ms) and the number
+    of ventricular premature beats starting inside each record.
 
-    Beat onsets fall on the sample grid (ms values rounded to the sample period).
+    Beat onsets fall on the sample grid (ms values rounded to the sample period). Given
+    ``onsets``, every beat is a normal one.
     """
     f32 = np.float32
     dt = 1000.0 / fs
     p = {k: (v.astype(f32) if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v) for k, v in p.items()}
     n = len(p["rr"])
     if onsets is None:
-        onsets = _beat_onsets(rng, p, n_samples * dt)
+        onsets, pvc = _beat_onsets(rng, p, n_samples * dt)
+    else:
+        pvc = np.zeros(np.shape(onsets), bool)
     on = np.rint(np.asarray(onsets, np.float64) / dt).astype(np.int64)  # in samples
     onsets = on * dt
     k = on.shape[1]
@@ -123,15 +142,20 @@ def render_clean(rng, p, n_samples=N_SAMPLES, fs=FS, onsets=None):
     np.add.at(counts, (rows, np.clip(on.ravel(), 0, n_samples)), 1)
     j = np.clip(np.cumsum(counts[:, :n_samples], axis=1) - 1, 0, k - 2)
     t = np.arange(n_samples)[None, :]
-    after, before = _beat_parts(p, fs)
-    na, nb = after.shape[2], before.shape[2]
+    normal, ectopic, before = _beat_parts(p, fs)
+    na, nb = normal.shape[2], before.shape[2]
     ia = t - np.take_along_axis(on, j, 1)  # samples since the current beat's onset (>= 0)
     ib = t - np.take_along_axis(on, j + 1, 1) + nb  # index into BEFORE of the next beat
     # templates as rows of 8 leads, a zero row after each record's template for out-of-window indices
-    after = np.concatenate([after, np.zeros((n, 8, 1), f32)], axis=2).transpose(0, 2, 1).reshape(-1, 8)
-    before = np.concatenate([before, np.zeros((n, 8, 1), f32)], axis=2).transpose(0, 2, 1).reshape(-1, 8)
-    ia = np.where((ia >= 0) & (ia < na), ia, na) + (na + 1) * np.arange(n)[:, None]
-    ib = np.where((ib >= 0) & (ib < nb), ib, nb) + (nb + 1) * np.arange(n)[:, None]
+    # (record, normal/ectopic) blocks of na + 1 rows; a P-less BEFORE for beats that are ectopic
+    zero = np.zeros((n, 8, 1), f32)
+    after = np.stack([np.concatenate([normal, zero], 2), np.concatenate([ectopic, zero], 2)], 1)
+    after = after.transpose(0, 1, 3, 2).reshape(-1, 8)
+    before = np.concatenate([before, zero], axis=2).transpose(0, 2, 1).reshape(-1, 8)
+    kind = np.take_along_axis(pvc, j, 1).astype(np.int64)
+    ia = np.where((ia >= 0) & (ia < na), ia, na) + (na + 1) * (2 * np.arange(n)[:, None] + kind)
+    ib = np.where((ib >= 0) & (ib < nb) & ~np.take_along_axis(pvc, j + 1, 1), ib, nb)
+    ib += (nb + 1) * np.arange(n)[:, None]
     sig8 = np.take(after, ia, axis=0)  # (n, T, 8)
     sig8 += np.take(before, ib, axis=0)
     af = np.flatnonzero(p["af"])
@@ -142,7 +166,8 @@ def render_clean(rng, p, n_samples=N_SAMPLES, fs=FS, onsets=None):
         fw = (rng.uniform(0.03, 0.08, len(af))[:, None] * np.sin(2 * np.pi * f * tt / 1000 + ph)).astype(f32)
         avec = LEAD_VECTORS @ np.array([0.3, 0.6, 0.75])
         sig8[af] += avec[None, None, :].astype(f32) * fw[:, :, None]
-    return sig8, onsets
+    n_pvc = (pvc & (on >= 0) & (on < n_samples)).sum(axis=1)
+    return sig8, onsets, n_pvc
 
 
 _NOISE_BANK_SIZE = 1 << 20
@@ -249,6 +274,6 @@ def template(p: dict, i: int, fs: int = FS, pre_ms: float = 400.0, post_ms: floa
     one["af"] = np.zeros(1, bool)
     n = int((pre_ms + post_ms) * fs / 1000)
     onsets = np.array([[-10000.0, pre_ms, 20000.0, 30000.0]])
-    sig8, _ = render_clean(np.random.default_rng(0), one, n_samples=n, fs=fs, onsets=onsets)
+    sig8, _, _ = render_clean(np.random.default_rng(0), one, n_samples=n, fs=fs, onsets=onsets)
     t = np.arange(n) * 1000.0 / fs - pre_ms
     return t, derive_leads(sig8[0].astype(np.float64)).T

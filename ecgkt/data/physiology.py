@@ -37,6 +37,8 @@ sex_qtc                women QTc +12 ms                                         
 age_ecg                above 40 y: PR +0.5 ms/y, QRS voltage -0.4 %/y, QRS axis -0.4 deg/y           both
 bmi_voltage            QRS voltage x (1 - 0.015 (BMI - 25)), clipped to [0.55, 1.25]                 both
 conduction_ecg         latent conduction disease (RBBB, LBBB, 1st-degree AV block; no lab marker)   ECG
+electrolyte_ectopy     P(ventricular premature beats) +0.15 when K < 3.3, +0.1 when Mg < 1.6        both
+                       (base 0.02, +0.06 heart failure, +0.04 coronary disease); 6-25 % of beats
 =====================  ==========================================================================  =========
 
 Information deliberately kept on one side:
@@ -79,6 +81,7 @@ RULES: dict[str, str] = {
     "age_ecg": "age -> longer PR, lower voltage, leftward axis",
     "bmi_voltage": "BMI -> lower QRS voltage",
     "conduction_ecg": "latent conduction disease -> RBBB, LBBB, 1st-degree AV block",
+    "electrolyte_ectopy": "low K or Mg -> ventricular premature beats",
 }
 
 
@@ -384,6 +387,14 @@ def ecg_parameters(rng, e, cfg) -> dict[str, np.ndarray]:
     d["u_vec"] = _unit(d["t_vec"] + np.array([0.0, 0.0, 0.6])) * u_amp[:, None]
     d["j_vec"] = _unit(d["r_vec"]) * (hypo_t * 0.3)[:, None]
 
+    # ventricular premature beats: wide QRS of random direction, discordant T, no P
+    ectopy = 0.02 + 0.06 * e["hf"] + 0.04 * e["cad"]
+    ectopy = ectopy + r["electrolyte_ectopy"] * (0.15 * (k < 3.3) + 0.1 * (mg < 1.6))
+    pvc = rng.random(n) < ectopy
+    pvc_dir = _unit(rng.normal(0, 1, (n, 3)))
+    d["pvc_vec"] = pvc_dir * (1.5 * volt)[:, None]
+    d["pvc_t_vec"] = -pvc_dir * rng.uniform(0.3, 0.6, n)[:, None]
+
     # wave timing (ms after QRS onset) and widths
     D = qrs
     q_w = np.where(pathologic_q, np.maximum(0.3 * D, 42) / 4, 0.07 * D)  # >= 40 ms Q when pathologic
@@ -406,6 +417,7 @@ def ecg_parameters(rng, e, cfg) -> dict[str, np.ndarray]:
         "hr": hr, "rr": rr, "af": af, "pr": pr, "p_dur": p_dur, "qrs": qrs, "qt": qt, "qtc": qtc,
         "lbbb": lbbb, "rbbb": rbbb, "avb1": avb1 & ~af, "lvh": lvh, "strain": strain,
         "injury": injury, "territory": territory, "st_elev": st_elev, "pathologic_q": pathologic_q,
+        "pvc_rate": np.where(pvc, rng.uniform(0.06, 0.25, n), 0.0), "pvc_qrs": rng.uniform(130, 170, n),
         "t_amp": t_amp, "u_amp": u_amp, "st_mag": st_mag, "volt": volt, "hypothermia_ecg": hypo_t > 0,
         **d, **timing,
     }
@@ -470,6 +482,9 @@ def machine_statements(rng, p, noisy: np.ndarray, cfg) -> list[list[str]]:
             s.append("** ** ACUTE MI / STEMI ** **")
         elif p["st_mag"][i] < -0.04 and not m["st"][i]:
             s.append("ST depression, consider subendocardial injury")
+        if p["pvc_count"][i] > 0 and not m["rhythm"][i]:
+            s.append("Ventricular premature complex" if p["pvc_count"][i] == 1
+                     else "Frequent ventricular premature complexes")
         if p["u_amp"][i] > 0.1 and not m["t"][i]:
             s.append("Prominent U waves")
         if p["t_amp"][i] > 0.75 and not m["t"][i]:

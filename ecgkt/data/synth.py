@@ -230,31 +230,32 @@ def simulate(patients: int, seed: int, config: SynthConfig | None = None) -> Sim
 
 # ------------------------------------------------------------------------------------------------
 def _render_chunk(sim: Simulation, c: int, rows: np.ndarray, bank: np.ndarray):
-    """int16 records (len(rows), 5000, 12) of one chunk, and each record's mean RR in ms."""
+    """int16 records (len(rows), 5000, 12) of one chunk, each record's mean RR in ms and its
+    number of ventricular premature beats."""
     rng = np.random.default_rng([sim.seed, 7919, c])
     p = {k: (v[rows] if isinstance(v, np.ndarray) and len(v) == len(sim.ecgs) else v) for k, v in sim.ecg.items()}
-    sig8, onsets = ecg_synth.render_clean(rng, p)
+    sig8, onsets, n_pvc = ecg_synth.render_clean(rng, p)
     boost = sim.ecgs["noise_boost"].to_numpy()[rows]
     sig8 = ecg_synth.add_noise(rng, sig8, sim.config, boost=boost, bank=bank)
     adu = ecg_synth.quantise(ecg_synth.derive_leads(sig8))
     ecg_synth.add_artifacts(rng, adu, sim.ecgs["nan_run"].to_numpy()[rows], sim.ecgs["flat_lead"].to_numpy()[rows])
     inside = (onsets >= 0) & (onsets < ecg_synth.N_SAMPLES * 1000 / ecg_synth.FS)
     rr = np.array([np.diff(o[m]).mean() if m.sum() > 1 else p["rr"][i] for i, (o, m) in enumerate(zip(onsets, inside))])
-    return adu, rr
+    return adu, np.stack([rr, n_pvc], axis=1)
 
 
 def _write_chunk(sim: Simulation, ecg_root: Path, c: int, bank: np.ndarray) -> tuple[int, np.ndarray]:
-    """Render and write chunk ``c``; returns (c, mean RR per record)."""
+    """Render and write chunk ``c``; returns (c, per record: mean RR, premature beats)."""
     size = sim.config.chunk_records
     rows = np.arange(c * size, min((c + 1) * size, len(sim.ecgs)))
-    frames, rr = _render_chunk(sim, c, rows, bank)  # (n, T, 12): the .dat sample order
+    frames, stats = _render_chunk(sim, c, rows, bank)  # (n, T, 12): the .dat sample order
     checksums = frames.sum(axis=1, dtype=np.int64) % 65536
     subj, study = sim.ecgs["subject_id"].to_numpy(), sim.ecgs["study_id"].to_numpy()
     when = pd.to_datetime(sim.ecgs["ecg_time_s"].to_numpy()[rows], unit="s")
     for j, i in enumerate(rows):
         hea = ecg_synth.header_text(study[i], subj[i], when[j], frames[j], checksums[j])
         ecg_synth.write_record(ecg_root, ecg_synth.record_path(subj[i], study[i]), hea, frames[j])
-    return c, rr
+    return c, stats
 
 
 _WORKER: dict = {}
@@ -269,7 +270,8 @@ def _worker_chunk(c):
 
 
 def write_waveforms(sim: Simulation, ecg_root: Path, progress: bool = True, jobs: int = 1) -> np.ndarray:
-    """Render and write every record (``jobs`` processes); returns the mean RR (ms) per ECG.
+    """Render and write every record (``jobs`` processes); returns per ECG (m, 2): the mean RR in
+    ms and the number of ventricular premature beats in the record.
 
     Chunks draw from their own seeded streams, so the files do not depend on ``jobs``.
     """
@@ -278,13 +280,13 @@ def write_waveforms(sim: Simulation, ecg_root: Path, progress: bool = True, jobs
     m = len(sim.ecgs)
     size = sim.config.chunk_records
     n_chunks = -(-m // size)
-    rr = np.empty(m)
+    stats = np.empty((m, 2))
     bank = ecg_synth._noise_bank(sim.seed)
     ecg_root.mkdir(parents=True, exist_ok=True)
     with tqdm(total=m, desc="synth ECGs", unit="rec", disable=not progress) as bar:
-        def done(c, chunk_rr):
-            rr[c * size:c * size + len(chunk_rr)] = chunk_rr
-            bar.update(len(chunk_rr))
+        def done(c, chunk):
+            stats[c * size:c * size + len(chunk)] = chunk
+            bar.update(len(chunk))
 
         if jobs <= 1 or n_chunks < 2:
             for c in range(n_chunks):
@@ -296,9 +298,9 @@ def write_waveforms(sim: Simulation, ecg_root: Path, progress: bool = True, jobs
             ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
             with ProcessPoolExecutor(min(jobs, n_chunks), mp_context=ctx, initializer=_worker_init,
                                      initargs=(sim, ecg_root, bank)) as pool:
-                for c, chunk_rr in pool.map(_worker_chunk, range(n_chunks)):
-                    done(c, chunk_rr)
-    return rr
+                for c, chunk in pool.map(_worker_chunk, range(n_chunks)):
+                    done(c, chunk)
+    return stats
 
 
 # ------------------------------------------------------------------------------------------------
@@ -696,9 +698,11 @@ def generate(out_dir, patients: int = 1000, seed: int = 0, config: SynthConfig |
     sim = simulate(patients, seed, cfg)
     t_sim = time.perf_counter() - t0
     if cfg.waveforms:
-        rr = write_waveforms(sim, ecg_root, progress=progress, jobs=jobs)
-    else:
+        stats = write_waveforms(sim, ecg_root, progress=progress, jobs=jobs)
+        rr, sim.ecg["pvc_count"] = stats[:, 0], stats[:, 1].astype(int)
+    else:  # no records: the expected values
         rr = sim.ecg["rr"].copy()
+        sim.ecg["pvc_count"] = np.rint(sim.ecg["pvc_rate"] * 10000 / rr).astype(int)
     t_wave = time.perf_counter() - t0 - t_sim
     codes = physiology.diagnoses(np.random.default_rng([seed, 37, 1]), sim.enc, sim.ecg, cfg)
     _ecg_tables(sim, rr, ecg_root)
