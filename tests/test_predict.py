@@ -306,3 +306,13 @@ def test_low_rate_record_warns_and_bad_options_are_user_errors(model):
     if not torch.cuda.is_available():
         with pytest.raises(ECGKTError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_a_rate_the_preprocessing_cannot_handle_fails_alone(model):
+    from ecgkt.predict.inputs import ecg_record_from_array
+
+    records = [ecg_record_from_array(synthetic_ecg(10, fs), fs, STANDARD_LEADS, f"rec{k}")
+               for k, fs in enumerate((500.0, 333.3333, 250.0))]
+    out = Predictor(model).predict_records(records)
+    assert isinstance(out[0], RecordResult) and isinstance(out[2], RecordResult)
+    assert isinstance(out[1], Failure) and out[1].name == "rec1" and "333.3333" in out[1].problem

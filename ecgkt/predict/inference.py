@@ -151,7 +151,7 @@ class Predictor:
     def predict_records(self, records: list[ECGRecord], names: list[str] | None = None) -> list:
         """Results for records already read: a RecordResult, or a Failure for a record that cannot be used."""
         names = names or [r.path for r in records]
-        plans, groups = {}, {}
+        groups: dict = {}  # (fs, window length) -> [(record index, window start)]: one batch shape each
         out: list = [None] * len(records)
         for i, rec in enumerate(records):
             try:
@@ -159,10 +159,9 @@ class Predictor:
             except RecordError as e:
                 out[i] = Failure(e.path or names[i], e.problem)
                 continue
-            plans[i] = len(starts)
             for s in starts:
                 groups.setdefault((float(rec.fs), length), []).append((i, s))
-        per_record: dict = {i: [] for i in plans}
+        per_record: dict = {}
         order = self.lead_order
         for (fs, length), items in groups.items():
             for b in range(0, len(items), self.batch_size):
@@ -170,11 +169,17 @@ class Predictor:
                 sig = np.stack([records[i].signal[order, s:s + length] for i, s in chunk])
                 gain = np.stack([records[i].gain[order] for i, _ in chunk]).astype(np.float32)
                 base = np.stack([records[i].baseline[order] for i, _ in chunk]).astype(np.float32)
-                dx, lab, rep, flat = self._score(sig, gain, base, fs)
+                try:
+                    dx, lab, rep, flat = self._score(sig, gain, base, fs)
+                except ECGKTError as e:  # e.g. a sampling rate the preprocessing cannot resample from
+                    for i, _ in chunk:
+                        out[i] = Failure(names[i], str(e))
+                    continue
                 for j, (i, _) in enumerate(chunk):
-                    per_record[i].append((dx[j], lab[j], rep[j], flat[j]))
+                    per_record.setdefault(i, []).append((dx[j], lab[j], rep[j], flat[j]))
         for i, windows in per_record.items():
-            out[i] = self._result(names[i], records[i], windows)
+            if out[i] is None:
+                out[i] = self._result(names[i], records[i], windows)
         return out
 
     def _result(self, name: str, rec: ECGRecord, windows) -> RecordResult:
