@@ -18,5 +18,19 @@ TORCH_LIBRARY(ecgkt, m) {
       "preprocess(Tensor signal, Tensor gain, Tensor baseline, Tensor sos, Tensor zi, "
       "int padlen, Tensor fir, int up, int down, int normalize) -> (Tensor, Tensor)");
 
-  // Contrastive losses: schemas are defined in csrc/losses/ (see below).
+  // Contrastive-loss block primitives (kernels in csrc/losses/, Python face and float64 reference
+  // in ecgkt/ops/contrastive.py). a [Ba, D], b [Bb, D] float32/float16/bfloat16/float64 rows
+  // (L2-normalised by the caller), scale/bias one-value tensors, logits L = scale * a @ b^T.
+  //   clip_block_lse        -> (row_lse [Ba], col_lse [Bb]) log-sum-exp of L along rows / columns
+  //   siglip_block          -> row_sum [Ba] = sum_j softplus(L_ij + bias)
+  // The *_backward ops take the gradients of those outputs and recompute L tile by tile;
+  // they return the gradients of (a, b, scale[, bias]) in the inputs' dtypes.
+  m.def("clip_block_lse(Tensor a, Tensor b, Tensor scale) -> (Tensor, Tensor)");
+  m.def(
+      "clip_block_lse_backward(Tensor a, Tensor b, Tensor scale, Tensor row_lse, Tensor col_lse, "
+      "Tensor grad_row, Tensor grad_col) -> (Tensor, Tensor, Tensor)");
+  m.def("siglip_block(Tensor a, Tensor b, Tensor scale, Tensor bias) -> Tensor");
+  m.def(
+      "siglip_block_backward(Tensor a, Tensor b, Tensor scale, Tensor bias, Tensor grad_row) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
 }

@@ -61,7 +61,7 @@ def clip_loss(ecg, clin, logit_scale, *, distributed: str | None = None, group=N
         row_lse, col_lse = _RingClip.apply(a, b, scale, group)
     positives = _positive_logits(a, b, scale, None)
     loss = 0.5 * (row_lse.mean() + col_lse.mean()) - positives.mean()
-    return _check_finite("clip_loss", _global_value(loss, size, group), ecg, clin, logit_scale, None)
+    return _global_value(loss, size, group)
 
 
 def siglip_loss(
@@ -83,7 +83,7 @@ def siglip_loss(
     # -log σ(x) = softplus(x) - x on the diagonal, softplus(x) off it (-log σ(-x)).
     positives = _positive_logits(a, b, scale, bias)
     loss = (row_sum.sum() - positives.sum()) / a.shape[0]
-    return _check_finite("siglip_loss", _global_value(loss, size, group), ecg, clin, logit_scale, logit_bias)
+    return _global_value(loss, size, group)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -167,13 +167,15 @@ def _prepare(fn, ecg, clin, logit_scale, logit_bias):
         raise ECGKTError(f"{fn}: empty batch {tuple(ecg.shape)}")
     if ecg.device != clin.device:
         raise ECGKTError(f"{fn}: ecg is on {ecg.device} but clin is on {clin.device}")
+    scale = _scalar(fn, "logit_scale", logit_scale, ecg)
+    bias = None if logit_bias is None else _scalar(fn, "logit_bias", logit_bias, ecg)
+    named = [("ecg", ecg), ("clin", clin), ("logit_scale", scale)] + ([] if bias is None else [("logit_bias", bias)])
+    _check_finite(fn, named)
     acc = _acc_dtype(ecg)
     dtype = ecg.dtype if clin.dtype == ecg.dtype else acc
     # Normalise in the accumulation dtype; the kernels read the input precision.
     a = F.normalize(ecg.to(acc), dim=-1).to(dtype)
     b = F.normalize(clin.to(acc), dim=-1).to(dtype)
-    scale = _scalar(fn, "logit_scale", logit_scale, ecg)
-    bias = None if logit_bias is None else _scalar(fn, "logit_bias", logit_bias, ecg)
     return a, b, scale, bias
 
 
@@ -187,17 +189,14 @@ def _scalar(fn, name, value, like):
     return value.reshape(())
 
 
-def _check_finite(fn, loss, ecg, clin, logit_scale, logit_bias):
-    """One cheap check of the result; on failure, name the offending input."""
-    if bool(torch.isfinite(loss.detach())):
-        return loss
-    for name, x in (("ecg", ecg), ("clin", clin), ("logit_scale", logit_scale), ("logit_bias", logit_bias)):
-        if isinstance(x, torch.Tensor) and not bool(torch.isfinite(x.detach()).all()):
-            n = int((~torch.isfinite(x.detach())).sum())
-            raise ECGKTError(f"{fn}: {name} contains {n} NaN/inf value(s); the loss is undefined")
-        if isinstance(x, float) and not math.isfinite(x):
-            raise ECGKTError(f"{fn}: {name} is {x}; the loss is undefined")
-    raise ECGKTError(f"{fn}: the loss overflowed to {float(loss)} (logit_scale too large?)")
+def _check_finite(fn, named):
+    """One fused check (a single host sync); on failure, name the offending input."""
+    if bool(torch.stack([torch.isfinite(x.detach()).all() for _, x in named]).all()):
+        return
+    for name, x in named:
+        bad = int((~torch.isfinite(x.detach())).sum())
+        if bad:
+            raise ECGKTError(f"{fn}: {name} contains {bad} NaN/inf value(s); the loss is undefined")
 
 
 def _positive_logits(a, b, scale, bias):

@@ -1,0 +1,253 @@
+"""Contrastive losses (ecgkt.losses) and their block primitives (torch.ops.ecgkt.*, Triton)
+against float64 references with the B x B logits materialised."""
+import math
+
+import pytest
+import torch
+
+from ecgkt import _extension, losses
+from ecgkt.errors import ECGKTError
+from ecgkt.ops import contrastive as ops
+
+# Relative tolerances per input dtype: the inputs are rounded to the dtype, the normalised rows
+# are rounded again before the kernels read them, accumulation is float32.
+TOL = {torch.float64: 1e-9, torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
+
+
+def _close(got, ref, rel, what, floor=0.0):
+    """max|got - ref| <= rel * (max|ref| + floor); `floor` is the magnitude the rounding errors
+    scale with when ref itself is near zero (the logit scale for a loss, s/B for the gradient
+    reaching the normalised rows)."""
+    got, ref = got.detach().double(), ref.detach().double()
+    scale = float(ref.abs().max())
+    err = float((got - ref).abs().max())
+    assert err <= rel * (scale + floor), f"{what}: max error {err:.3g} vs scale {scale:.3g} (rel tol {rel})"
+
+
+def _inputs(batch, dim, dtype, seed, scale=1 / 0.07, bias=-3.0):
+    g = torch.Generator().manual_seed(seed)
+    ecg = (torch.randn(batch, dim, generator=g, dtype=torch.float64) * 2 + 0.3).to(dtype).requires_grad_()
+    # the clinical rows are correlated with the ECG rows so the positives matter
+    clin = (ecg.detach().double() + torch.randn(batch, dim, generator=g, dtype=torch.float64)).to(dtype)
+    clin.requires_grad_()
+    param = torch.float64 if dtype == torch.float64 else torch.float32
+    s = torch.tensor(scale, dtype=param, requires_grad=True)
+    t = torch.tensor(bias, dtype=param, requires_grad=True)
+    return ecg, clin, s, t
+
+
+def _reference(kind, ecg, clin, s, t):
+    """Loss and gradients of the naive float64 loss at the same (rounded) inputs."""
+    args = [x.detach().double().requires_grad_() for x in (ecg, clin, s, t)]
+    loss = (losses.naive_clip_loss(*args[:3]) if kind == "clip" else losses.naive_siglip_loss(*args))
+    grads = torch.autograd.grad(loss, args if kind == "siglip" else args[:3])
+    return loss, grads
+
+
+def _fused(kind, ecg, clin, s, t, **kw):
+    inputs = (ecg, clin, s, t) if kind == "siglip" else (ecg, clin, s)
+    loss = losses.siglip_loss(*inputs, **kw) if kind == "siglip" else losses.clip_loss(*inputs, **kw)
+    return loss, torch.autograd.grad(loss, inputs)
+
+
+def test_extension_provides_the_ops():
+    assert ops.HAS_OPS, f"torch.ops.ecgkt contrastive kernels missing: {_extension.reason}"
+
+
+SHAPES = [(1, 48), (37, 48), (37, 256), (300, 48), (300, 256)]
+CASES = [(d, b, n) for d in (torch.float32, torch.float16, torch.bfloat16) for b, n in SHAPES]
+CASES.append((torch.float64, 37, 48))  # exact: one shape is enough
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+@pytest.mark.parametrize("dtype,batch,dim", CASES)
+def test_loss_and_grads_match_naive_float64(kind, dtype, batch, dim):
+    ecg, clin, s, t = _inputs(batch, dim, dtype, seed=batch * 1000 + dim)
+    loss, grads = _fused(kind, ecg, clin, s, t)
+    ref_loss, ref_grads = _reference(kind, ecg, clin, s, t)
+    assert loss.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    rel, s_value = TOL[dtype], float(s.detach())
+    _close(loss, ref_loss, rel, f"{kind} loss", floor=s_value)
+    for name, g, r in zip(("ecg", "clin", "logit_scale", "logit_bias"), grads, ref_grads):
+        rows = name in ("ecg", "clin")
+        assert g.dtype == (ecg.dtype if rows else s.dtype)
+        _close(g, r, rel, f"{kind} grad {name}", floor=s_value / batch if rows else 1.0)
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_large_logit_scale_does_not_overflow(kind):
+    ecg, clin, s, t = _inputs(300, 48, torch.float32, seed=5, scale=100.0, bias=-10.0)
+    loss, grads = _fused(kind, ecg, clin, s, t)
+    ref_loss, ref_grads = _reference(kind, ecg, clin, s, t)
+    assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads)
+    _close(loss, ref_loss, 1e-5, "loss at s=100", floor=100.0)
+    for g, r in zip(grads, ref_grads):
+        _close(g, r, 1e-4, "grad at s=100", floor=100.0 / 300)
+
+
+@pytest.mark.parametrize("rows,cols,dim", [(1, 300, 48), (300, 37, 256), (37, 1, 48), (700, 530, 33)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_block_ops_rectangular_match_reference(rows, cols, dim, dtype):
+    """Ring and gather modes call the primitives on [B_local, D] x [B_global, D] blocks."""
+    g = torch.Generator().manual_seed(rows + cols)
+    a = torch.nn.functional.normalize(torch.randn(rows, dim, generator=g, dtype=torch.float64), dim=-1).to(dtype)
+    b = torch.nn.functional.normalize(torch.randn(cols, dim, generator=g, dtype=torch.float64), dim=-1).to(dtype)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    s, t = torch.tensor(23.0, dtype=acc), torch.tensor(-4.0, dtype=acc)
+    gr, gc = torch.randn(rows, generator=g), torch.randn(cols, generator=g)
+    a64, b64, s64, t64 = a.double(), b.double(), s.double(), t.double()
+    rel = TOL[dtype] if dtype != torch.bfloat16 else 1e-5  # inputs already in bf16: only accumulation differs
+
+    row, col = torch.ops.ecgkt.clip_block_lse(a, b, s)
+    ref_row, ref_col = ops.clip_block_lse_reference(a64, b64, s64)
+    assert row.dtype == acc and row.shape == (rows,) and col.shape == (cols,)
+    _close(row, ref_row, rel, "row_lse")
+    _close(col, ref_col, rel, "col_lse")
+    got = torch.ops.ecgkt.clip_block_lse_backward(a, b, s, row, col, gr.to(acc), gc.to(acc))
+    ref = ops.clip_block_lse_backward_reference(a64, b64, s64, ref_row, ref_col, gr.double(), gc.double())
+    for name, x, r in zip(("a", "b", "scale"), got, ref):
+        _close(x, r, max(rel, TOL[dtype]) * 4, f"clip grad {name}")
+
+    rs = torch.ops.ecgkt.siglip_block(a, b, s, t)
+    _close(rs, ops.siglip_block_reference(a64, b64, s64, t64), rel, "siglip row_sum")
+    got = torch.ops.ecgkt.siglip_block_backward(a, b, s, t, gr.to(acc))
+    ref = ops.siglip_block_backward_reference(a64, b64, s64, t64, gr.double())
+    for name, x, r in zip(("a", "b", "scale", "bias"), got, ref):
+        _close(x, r, max(rel, TOL[dtype]) * 4, f"siglip grad {name}")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cpu_kernels_are_run_to_run_deterministic(threads):
+    """Fixed reduction order (no atomics): repeated runs agree bit for bit at a given thread count.
+    (Across thread counts the BLAS may pick other GEMM kernels, so the last bits can differ.)"""
+    ecg, clin, s, t = _inputs(700, 40, torch.float32, seed=11)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        for kind in ("clip", "siglip"):
+            (l1, g1), (l2, g2) = _fused(kind, ecg, clin, s, t), _fused(kind, ecg, clin, s, t)
+            assert torch.equal(l1, l2) and all(torch.equal(x, y) for x, y in zip(g1, g2))
+    finally:
+        torch.set_num_threads(before)
+
+
+def _opcheck_args(rows=37, cols=45, dim=20, dtype=torch.float32):
+    g = torch.Generator().manual_seed(3)
+    a = torch.nn.functional.normalize(torch.randn(rows, dim, generator=g), dim=-1).to(dtype)
+    b = torch.nn.functional.normalize(torch.randn(cols, dim, generator=g), dim=-1).to(dtype)
+    return a, b, torch.tensor(9.0), torch.tensor(-2.0), torch.randn(rows, generator=g), torch.randn(cols, generator=g)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_opcheck(dtype):
+    a, b, s, t, gr, gc = _opcheck_args(dtype=dtype)
+    req = [x.clone().requires_grad_() for x in (a, b, s, t)]
+    torch.library.opcheck(torch.ops.ecgkt.clip_block_lse.default, tuple(req[:3]))
+    torch.library.opcheck(torch.ops.ecgkt.siglip_block.default, tuple(req))
+    row, col = torch.ops.ecgkt.clip_block_lse(a, b, s)
+    torch.library.opcheck(torch.ops.ecgkt.clip_block_lse_backward.default, (a, b, s, row, col, gr, gc))
+    torch.library.opcheck(torch.ops.ecgkt.siglip_block_backward.default, (a, b, s, t, gr))
+
+
+def test_autograd_of_registered_op_matches_gradcheck():
+    a, b, s, t, _, _ = _opcheck_args(rows=5, cols=7, dim=6, dtype=torch.float64)
+    args = [x.double().requires_grad_() for x in (a, b, s, t)]
+    assert torch.autograd.gradcheck(lambda *x: torch.ops.ecgkt.clip_block_lse(*x), args[:3])
+    assert torch.autograd.gradcheck(lambda *x: torch.ops.ecgkt.siglip_block(*x), args)
+
+
+@pytest.mark.parametrize("name", ["ecg", "clin", "logit_scale", "logit_bias"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_inputs_raise_a_clear_error(name, bad):
+    ecg, clin, s, t = _inputs(37, 48, torch.float32, seed=1)
+    values = {"ecg": ecg.detach().clone(), "clin": clin.detach().clone(), "logit_scale": s.detach().clone(),
+              "logit_bias": t.detach().clone()}
+    target = values[name]
+    (target.view(-1)[min(3, target.numel() - 1)]).fill_(bad)
+    with pytest.raises(ECGKTError, match=f"{name} contains 1 NaN/inf"):
+        losses.siglip_loss(values["ecg"], values["clin"], values["logit_scale"], values["logit_bias"])
+    if name != "logit_bias":
+        with pytest.raises(ECGKTError, match=f"{name} contains 1 NaN/inf"):
+            losses.clip_loss(values["ecg"], values["clin"], values["logit_scale"])
+
+
+def test_registered_op_rejects_non_finite_values():
+    a, b, s, *_ = _opcheck_args()
+    a[2, 3] = float("nan")
+    with pytest.raises(RuntimeError, match="non-finite"):
+        torch.ops.ecgkt.clip_block_lse(a, b, s)
+
+
+def test_bad_shapes_and_modes_raise():
+    x = torch.randn(4, 8)
+    with pytest.raises(ECGKTError, match="same shape"):
+        losses.clip_loss(x, torch.randn(5, 8), 10.0)
+    with pytest.raises(ECGKTError, match=r"\[batch, dim\]"):
+        losses.clip_loss(torch.randn(4), torch.randn(4), 10.0)
+    with pytest.raises(ECGKTError, match="dtype"):
+        losses.clip_loss(x.long(), x.long(), 10.0)
+    with pytest.raises(ECGKTError, match="choose None"):
+        losses.clip_loss(x, x, 10.0, distributed="allreduce")
+    with pytest.raises(ECGKTError, match="init_process_group"):
+        losses.siglip_loss(x, x, 10.0, -10.0, distributed="ring")
+
+
+def test_modules_initialise_and_learn():
+    clip, sig = losses.ClipLoss(), losses.SigLipLoss()
+    assert math.isclose(float(clip.log_scale.detach()), math.log(1 / 0.07), rel_tol=1e-6)
+    assert math.isclose(float(sig.log_scale.detach()), math.log(10.0), rel_tol=1e-6)
+    assert float(sig.bias.detach()) == -10.0
+    ecg, clin, _, _ = _inputs(37, 48, torch.float32, seed=2)
+    loss = clip(ecg, clin)
+    assert torch.allclose(loss, losses.clip_loss(ecg, clin, 1 / 0.07))
+    loss.backward()
+    assert clip.log_scale.grad is not None and float(clip.log_scale.grad) != 0.0
+    sig(ecg, clin).backward()
+    assert float(sig.bias.grad) != 0.0 and float(sig.log_scale.grad) != 0.0
+    assert float(losses.ClipLoss(init_logit_scale=1000.0).logit_scale()) == 100.0  # capped like open_clip
+
+
+def test_reference_fallback_gives_the_same_loss(monkeypatch):
+    ecg, clin, s, t = _inputs(37, 48, torch.float32, seed=4)
+    fused = [_fused(k, ecg, clin, s, t) for k in ("clip", "siglip")]
+    monkeypatch.setattr(ops, "HAS_OPS", False)
+    monkeypatch.setattr(_extension, "_warned", True)
+    for kind, (loss, grads) in zip(("clip", "siglip"), fused):
+        ref_loss, ref_grads = _fused(kind, ecg, clin, s, t)
+        _close(loss, ref_loss, 1e-5, f"{kind} fallback loss")
+        for g, r in zip(grads, ref_grads):
+            _close(g, r, 1e-4, f"{kind} fallback grad")
+
+
+# ------------------------------------------------------------------------------------------------
+# Triton kernels under TRITON_INTERPRET=1 (tests/conftest.py sets it before import)
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("rows,cols,dim", [(37, 45, 48), (1, 33, 20)])
+def test_triton_kernels_match_reference(dtype, rows, cols, dim):
+    triton_kernels = pytest.importorskip("ecgkt.kernels.contrastive", reason="triton is not installed")
+    assert triton_kernels.INTERPRET, "TRITON_INTERPRET=1 must be set before the kernels are imported"
+    g = torch.Generator().manual_seed(rows * cols)
+    a = torch.nn.functional.normalize(torch.randn(rows, dim, generator=g), dim=-1).to(dtype)
+    b = torch.nn.functional.normalize(torch.randn(cols, dim, generator=g), dim=-1).to(dtype)
+    s, t = torch.tensor(30.0), torch.tensor(-3.0)
+    gr, gc = torch.randn(rows, generator=g), torch.randn(cols, generator=g)
+    a64, b64, s64, t64 = a.double(), b.double(), s.double(), t.double()
+    rel = {torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}[dtype]
+
+    row, col = triton_kernels.clip_block_lse(a, b, s)
+    ref_row, ref_col = ops.clip_block_lse_reference(a64, b64, s64)
+    _close(row, ref_row, 2e-5, "triton row_lse")
+    _close(col, ref_col, 2e-5, "triton col_lse")
+    got = triton_kernels.clip_block_lse_backward(a, b, s, row, col, gr, gc)
+    ref = ops.clip_block_lse_backward_reference(a64, b64, s64, ref_row, ref_col, gr.double(), gc.double())
+    for name, x, r in zip(("a", "b", "scale"), got, ref):
+        assert x.dtype == (dtype if name != "scale" else s.dtype)
+        _close(x, r, rel, f"triton clip grad {name}")
+
+    _close(triton_kernels.siglip_block(a, b, s, t), ops.siglip_block_reference(a64, b64, s64, t64), 2e-5,
+           "triton siglip row_sum")
+    got = triton_kernels.siglip_block_backward(a, b, s, t, gr)
+    ref = ops.siglip_block_backward_reference(a64, b64, s64, t64, gr.double())
+    for name, x, r in zip(("a", "b", "scale", "bias"), got, ref):
+        _close(x, r, rel, f"triton siglip grad {name}")
