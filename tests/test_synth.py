@@ -212,6 +212,10 @@ def test_machine_measurements_match_the_waveforms(small):
                      r.p_onset == synth.MISSING))
     d = pd.DataFrame(rows, columns=["qrs_m", "qrs_csv", "qt_m", "qt_csv", "lbbb", "af", "no_p"])
     assert (d.af == d.no_p).all()  # P onset missing exactly when there is no P wave
+    reports = mm.filter(like="report_").astype(object).fillna("").astype(str).agg(" ".join, axis=1)
+    truth = _csv(small, "synth_truth.csv.gz").set_index("study_id")
+    says_pvc = reports.str.contains("ventricular premature", case=False)
+    assert (truth.loc[says_pvc[says_pvc].index, "pvc_count"] > 0).all()  # only where the record has one
     q = d[~d.lbbb]  # in LBBB the discordant ST-T merges with the QRS (no quiet J point)
     qrs_err = q.qrs_m - q.qrs_csv
     assert abs(qrs_err.median()) <= 8 and (qrs_err.abs() <= 15).mean() > 0.9
@@ -222,7 +226,6 @@ def test_machine_measurements_match_the_waveforms(small):
     assert abs(qt_err.median()) <= 5 and (qt_err.abs() <= 15).mean() > 0.9
     # the RR interval in the CSV is the one in the file: count beats in lead II of a few records
     rl = _csv(small, "mimic-iv-ecg/record_list.csv").set_index("study_id")
-    truth = _csv(small, "synth_truth.csv.gz").set_index("study_id")
     ok = truth.index[~truth.nan_run & ~truth.flat_lead & ~truth.noisy & ~truth.af][:12]
     for sid in ok:
         x = _raw(small, rl.loc[sid, "path"]).astype(float) / 200

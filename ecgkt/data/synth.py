@@ -499,6 +499,12 @@ def _labevents(sim: Simulation, hadm: np.ndarray) -> pd.DataFrame:
         true = ag_true[i] if key == "ag" else enc[key][i]
         norm = LAB_NORMAL[key]
         true = np.where(repeat[sel], norm + 0.5 * (true - norm), true)  # treated by the repeat draw
+        # hours away from the ECG the value has moved: part of the deviation fades (half-life
+        # ~8 h, at least half of it stays) and a random drift grows with the time gap
+        gap_h = np.abs(offset[sel]) / 3600 * ~repeat[sel]
+        true = norm + (true - norm) * (0.5 + 0.5 * np.exp(-gap_h / 12))
+        drift = 2 * sd * np.sqrt(gap_h / 6) * rng.standard_normal(len(i))
+        true = true * np.exp(drift) if rel else true + drift
         v = true * np.exp(rng.normal(0, sd, len(i))) if rel else true + rng.normal(0, sd, len(i))
         v = np.round(np.maximum(v, 0.0), dec)
         lo = np.full(len(i), float(ref[0]))
