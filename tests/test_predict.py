@@ -69,6 +69,16 @@ def test_explanation_table_is_complete_and_parsed():
     assert parse_lab_output("BUN high") == ("urea nitrogen", "high")
 
 
+def test_every_lab_test_of_the_data_layer_is_documented():
+    """Each lab test the cohort builder labels (both directions) has a row in the table."""
+    from ecgkt.data.mimic import DEFAULT_LAB_TESTS
+
+    for test in DEFAULT_LAB_TESTS:
+        for direction in ("low", "high"):
+            finding = explain(f"{test}_{direction}", 0.7)
+            assert finding.strength != "unknown" and finding.direction == direction, (test, direction)
+
+
 def test_explanation_text_reads_like_the_issue():
     f = explain("potassium_high", 0.812)
     assert f.text().startswith("potassium high 0.81 \u2014 associated with peaked")
