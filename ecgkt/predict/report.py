@@ -117,6 +117,12 @@ def _sidebar_lines(result) -> list[tuple[str, dict]]:
         lines.append((head, dict(family="monospace", size=10.5, weight="bold")))
         for part in textwrap.wrap(f.association, 50):
             lines.append(("      " + part, dict(size=9.5)))
+    below = [f for f in result.labs if f.probability < result.lab_threshold][:max(0, 4 - len(findings))]
+    if below:  # the next most probable labs, so a reader sees how close they came
+        lines.append((f"next most probable (below {result.lab_threshold:.2f}):", dict(size=9.5, color="#666666")))
+        for f in below:
+            lines.append((f"{f.probability:5.2f}  {f.lab} {f.direction}".rstrip(),
+                          dict(family="monospace", size=10, color="#666666")))
     notes = []
     if result.repaired_leads:
         notes.append("repaired: " + ", ".join(result.repaired_leads))
