@@ -114,6 +114,27 @@ def test_tables_have_mimic_names_columns_and_dtypes(small):
     assert set(rl["subject_id"]) == set(pats["subject_id"])
 
 
+def test_tables_join_on_ids(small):
+    """Every id used in one table exists where it is defined (the loaders join on ids, never rows)."""
+    adm = _csv(small, "mimic-iv/hosp/admissions.csv.gz")
+    stays = _csv(small, "mimic-iv/ed/edstays.csv.gz")
+    assert adm.hadm_id.is_unique and stays.stay_id.is_unique
+    hadm = set(adm.hadm_id)
+    for rel in ("mimic-iv/hosp/labevents.csv.gz", "mimic-iv/hosp/diagnoses_icd.csv.gz", "mimic-iv/ed/edstays.csv.gz"):
+        assert set(_csv(small, rel).hadm_id.dropna().astype(int)) <= hadm, rel
+    for rel in ("mimic-iv/ed/vitalsign.csv.gz", "mimic-iv/ed/triage.csv.gz", "mimic-iv/ed/diagnosis.csv.gz"):
+        assert set(_csv(small, rel).stay_id) <= set(stays.stay_id), rel
+    assert set(_csv(small, "mimic-iv/ed/triage.csv.gz").stay_id) == set(stays.stay_id)
+    # ED ECGs fall inside their stay; a stay may hold two ECGs (serial ECGs)
+    rl = _csv(small, "mimic-iv-ecg/record_list.csv").set_index("study_id")
+    truth = _csv(small, "synth_truth.csv.gz").set_index("study_id")
+    serial = truth[truth.index != truth.encounter_study_id]
+    assert len(serial) > 0 and (serial.kind == "ed").all()
+    gap = pd.to_datetime(rl.loc[serial.index, "ecg_time"]).to_numpy() - pd.to_datetime(
+        rl.loc[serial.encounter_study_id, "ecg_time"]).to_numpy()
+    assert (gap > pd.Timedelta(minutes=0)).all() and (gap < pd.Timedelta(hours=4)).all()
+
+
 def test_wfdb_reads_a_record_in_mimic_layout(small):
     rl = _csv(small, "mimic-iv-ecg/record_list.csv")
     row = rl.iloc[0]

@@ -55,6 +55,7 @@ class SynthConfig:
     p_flag_disagree: float = 0.02
     p_celsius: float = 0.03  # ED temperatures charted in degC
     p_icd9: float = 0.03  # admissions coded in ICD-9
+    p_serial_ecg: float = 0.12  # ED encounters with a second ECG 15-150 min after the first
     chunk_records: int = 200  # records rendered together (fixed: part of the random stream)
     waveforms: bool = True
 
@@ -201,14 +202,26 @@ def simulate(patients: int, seed: int, config: SynthConfig | None = None) -> Sim
     cart_ids = np.sort(_unique_ids(r_time, 6000, 7000, n_carts))
     cart_offset = np.round(r_time.normal(0, 90, n_carts)) + 3600 * (r_time.random(n_carts) < cfg.p_bad_clock_cart)
     cart = r_time.integers(0, n_carts, m)
-    ecg_t = true_t + cart_offset[cart].astype("int64")
-    ecg_t = (ecg_t // 60) * 60
-    study_id = _unique_ids(r_time, 40_000_000, 50_000_000, m)
-
     per_ecg = {k: v[idx] for k, v in subj.items()}
     per_ecg["age"] = age_at
     enc = physiology.sample_encounters(r_enc, per_ecg, cfg)
     ecg = physiology.ecg_parameters(r_ecg, enc, cfg)
+    last_t = true_t[first + n_ecg - 1]
+
+    # serial ECGs: some ED encounters get a second ECG 15-150 min after the first, same state
+    # and morphology (new beats and noise), same stay; labs and tables belong to the encounter
+    serial = (kind == "ed") & (r_time.random(m) < cfg.p_serial_ecg)
+    order = np.repeat(np.arange(m), 1 + serial)
+    repeat = np.r_[False, order[1:] == order[:-1]]
+    encounter = np.flatnonzero(~repeat)[order]  # row of the encounter's first ECG
+    idx, true_t, kind, cart = idx[order], true_t[order], kind[order], cart[order]
+    true_t = true_t + np.where(repeat, r_time.integers(15, 151, len(order)) * 60, 0)
+    enc = {k: v[order] for k, v in enc.items()}
+    ecg = {k: v[order] for k, v in ecg.items()}
+    m = len(order)
+    ecg_t = true_t + cart_offset[cart].astype("int64")
+    ecg_t = (ecg_t // 60) * 60
+    study_id = _unique_ids(r_time, 40_000_000, 50_000_000, m)
 
     # artefact plan (decided here so it does not depend on how records are chunked)
     nan_run = r_art.random(m) < cfg.p_nan_run
@@ -218,12 +231,13 @@ def simulate(patients: int, seed: int, config: SynthConfig | None = None) -> Sim
         "subject_id": subject_id[idx], "study_id": study_id, "subject_row": idx, "true_time": true_t,
         "ecg_time_s": ecg_t, "kind": kind, "cart_id": cart_ids[cart], "nan_run": nan_run, "flat_lead": flat,
         "noisy": noisy, "noise_boost": np.where(noisy & ~nan_run & ~flat, 3.0, 1.0),
+        "encounter": encounter, "first_of_encounter": ~repeat,
     })
     subjects = pd.DataFrame({
         "subject_id": subject_id, "gender": np.where(subj["female"], "F", "M"), "anchor_age": anchor_age,
         "anchor_year": anchor_year, "anchor_year_group": r_subj.choice(YEAR_GROUPS, n),
         "race": r_subj.choice(RACES, n, p=[0.62, 0.16, 0.07, 0.05, 0.06, 0.04]),
-        "last_t": true_t[first + n_ecg - 1], "dies": r_subj.random(n) < 0.04,
+        "last_t": last_t, "dies": r_subj.random(n) < 0.04,
     })
     return Simulation(subjects, ecgs, enc, ecg, cfg, seed)
 
@@ -380,7 +394,11 @@ def _encounters(sim: Simulation, codes: list[list[str]]):
     rng = np.random.default_rng([sim.seed, 41, 1])
     e, s, enc = sim.ecgs, sim.subjects.set_index("subject_id"), sim.enc
     m = len(e)
+    first_ecg = e["encounter"].to_numpy()
+    primary = e["first_of_encounter"].to_numpy()
     t = e["true_time"].to_numpy()
+    t_last = t.copy()
+    np.maximum.at(t_last, first_ecg, t)  # an encounter lasts past its last ECG
     kind = e["kind"].to_numpy()
     sick = enc["sick"]
     ed = kind == "ed"
@@ -391,20 +409,25 @@ def _encounters(sim: Simulation, codes: list[list[str]]):
     has_hadm = admitted | (kind == "inpatient")
     admittime = np.where(kind == "inpatient", t - rng.uniform(2, 96, m) * 3600, intime + rng.uniform(1.5, 6, m) * 3600)
     admittime = (admittime // 60) * 60
-    outtime = np.maximum(intime + rng.uniform(2.5, 12, m) * 3600, t + 1800)
+    outtime = np.maximum(intime + rng.uniform(2.5, 12, m) * 3600, t_last + 1800)
     outtime = np.where(admitted, np.maximum(outtime, admittime + rng.uniform(0.2, 1.5, m) * 3600), outtime)
     outtime = (outtime // 60) * 60
-    dischtime = np.maximum(admittime + rng.uniform(1, 12, m) * 86400, t + 3600)
+    dischtime = np.maximum(admittime + rng.uniform(1, 12, m) * 86400, t_last + 3600)
     dischtime = (dischtime // 60) * 60
     hadm = np.where(has_hadm, _unique_ids(rng, 20_000_000, 30_000_000, m), 0)
     stay = np.where(ed, _unique_ids(rng, 30_000_000, 40_000_000, m), 0)
+    # a later ECG of the same encounter shares its stay, admission and times
+    intime, admittime, outtime, dischtime, hadm, stay, admitted, has_hadm = (
+        x[first_ecg] for x in (intime, admittime, outtime, dischtime, hadm, stay, admitted, has_hadm))
     subj = e["subject_id"].to_numpy()
     gender = s.loc[subj, "gender"].to_numpy()
     race = s.loc[subj, "race"].to_numpy()
     last_of_subject = np.r_[subj[1:] != subj[:-1], True]
-    dies = s.loc[subj, "dies"].to_numpy() & last_of_subject & has_hadm & (rng.random(m) < 0.5)
+    last_encounter = np.zeros(m, bool)
+    last_encounter[first_ecg[last_of_subject]] = True
+    dies = s.loc[subj, "dies"].to_numpy() & last_encounter & has_hadm & (rng.random(m) < 0.5)
 
-    ei = np.flatnonzero(ed)
+    ei = np.flatnonzero(ed & primary)
     disp = np.where(admitted, "ADMITTED", rng.choice(["HOME", "LEFT WITHOUT BEING SEEN", "TRANSFER", "ELOPED", "OTHER"],
                                                      m, p=[0.85, 0.03, 0.04, 0.02, 0.06]))
     edstays = pd.DataFrame({
@@ -415,7 +438,7 @@ def _encounters(sim: Simulation, codes: list[list[str]]):
         "disposition": disp[ei]})
     edstays.loc[edstays["hadm_id"] == 0, "hadm_id"] = pd.NA
 
-    hi = np.flatnonzero(has_hadm)
+    hi = np.flatnonzero(has_hadm & primary)
     adm_type = np.where(kind[hi] == "ed", rng.choice(["EW EMER.", "OBSERVATION ADMIT", "URGENT"], len(hi), p=[.75, .15, .1]),
                         rng.choice(["ELECTIVE", "SURGICAL SAME DAY ADMISSION", "URGENT"], len(hi), p=[.5, .3, .2]))
     admissions = pd.DataFrame({
@@ -475,6 +498,7 @@ def _labevents(sim: Simulation, hadm: np.ndarray) -> pd.DataFrame:
     ecg_i, panel, offset, repeat = [], [], [], []
     for pi, name in enumerate(PANELS):
         pr = np.clip(prob[name] * np.where(out & (name not in ("bmp", "cbc")), 0.5, 1.0), 0, 1)
+        pr = pr * e["first_of_encounter"].to_numpy()  # labs belong to the encounter, timed to its first ECG
         drawn = np.flatnonzero(rng.random(m) < pr)
         near = rng.random(len(drawn)) < cfg.lab_near_prob
         off = np.where(near, np.clip(rng.normal(-5, 18, len(drawn)), -55, 55),
@@ -569,7 +593,7 @@ def _ed_vitals(sim: Simulation, stay, intime, outtime):
     cfg = sim.config
     rng = np.random.default_rng([sim.seed, 47, 1])
     e, enc, ecg = sim.ecgs, sim.enc, sim.ecg
-    ei = np.flatnonzero(stay > 0)
+    ei = np.flatnonzero((stay > 0) & e["first_of_encounter"].to_numpy())
     nrow = np.clip(((outtime[ei] - intime[ei]) / 5400).astype(int), 1, 12)
     i = np.repeat(ei, nrow)
     k = np.arange(len(i)) - np.repeat(np.r_[0, np.cumsum(nrow)[:-1]], nrow)
@@ -668,6 +692,7 @@ def _truth(sim: Simulation, rr: np.ndarray, codes) -> pd.DataFrame:
     """Ground truth per study: latent state, true labs and beat-model parameters (not part of MIMIC)."""
     e = sim.ecgs
     cols = {"subject_id": e["subject_id"], "study_id": e["study_id"], "kind": e["kind"],
+            "encounter_study_id": e["study_id"].to_numpy()[e["encounter"].to_numpy()],
             "nan_run": e["nan_run"], "flat_lead": e["flat_lead"], "noisy": e["noisy"], "measured_rr": rr,
             "icd_codes": [" ".join(c) for c in codes]}
     for src in (sim.enc, sim.ecg):
@@ -763,7 +788,7 @@ def add_cli(subparsers) -> None:
                     "patient state drives labs, vitals, biometrics, ECG morphology, machine statements and ICD-10 "
                     "codes through documented rules (see docs/synthetic_data.md). Same seed, same bytes.")
     p.add_argument("--out", required=True, help="output folder (gets mimic-iv-ecg/ and mimic-iv/)")
-    p.add_argument("--patients", type=int, default=1000, help="number of subjects (about 2.2 ECGs each; default 1000)")
+    p.add_argument("--patients", type=int, default=1000, help="number of subjects (about 2.4 ECGs each; default 1000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--rule", action="append", metavar="NAME=SCALE",
                    help="scale one physiology rule (0 switches it off); repeatable. Rules: " + ", ".join(physiology.RULES))
