@@ -115,6 +115,10 @@ def test_expand_inputs_every_kind(tmp_path):
     s, f = expand_inputs([tmp_path / "list.txt"])
     assert [x.kind for x in s] == ["wfdb", "npy"]
     assert [x.problem for x in f] == ["no such file or folder"] and f[0].name.endswith("missing_record")
+    (tmp_path / "arrays").mkdir()
+    np.save(tmp_path / "arrays" / "gains.npy", np.ones(12))
+    s, f = expand_inputs([tmp_path / "arrays"], folder_npy=False)  # a store's arrays are no ECGs
+    assert not s and "--fs and --leads" in f[0].problem
     s, f = expand_inputs([tmp_path / "notes.md", tmp_path / "nowhere"])
     assert not s and "not a WFDB record" in f[0].problem and f[1].problem == "no such file or folder"
 

@@ -15,7 +15,8 @@ abnormalities that explain them ("potassium high 0.81 - associated with peaked T
 
 INPUT may be WFDB records (name.hea, name.dat, name.mat or the bare record path; any sampling rate,
 gain, format 16/212/.mat, lead order and name case, extra signals ignored), 12-lead DICOM waveform
-files, .npy arrays in mV (with --fs and --leads), folders (searched recursively), MIMIC-IV-ECG roots
+files, .npy arrays in mV (with --fs and --leads), folders (searched recursively; .npy files in them only
+with --fs and --leads), MIMIC-IV-ECG roots
 (read through record_list.csv) and record lists (.txt: one path per line; .csv: a 'path' column).
 
 The model's saved preprocessing is applied: leads are mapped by name, samples converted with each
@@ -133,7 +134,7 @@ def run_predict(args) -> int:
     model = _load_model(args.model)
     predictor = Predictor(model, device=args.device, batch_size=args.batch_size, lab_threshold=args.lab_threshold,
                           read_workers=args.workers)
-    sources, failures = expand_inputs(args.inputs)
+    sources, failures = expand_inputs(args.inputs, folder_npy=args.fs is not None and leads is not None)
 
     out = open(args.output, "w", newline="") if args.output else sys.stdout
     writer = csv.writer(out) if args.format == "csv" else None

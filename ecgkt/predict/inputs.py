@@ -6,7 +6,8 @@ An INPUT may be:
 - a 12-lead DICOM waveform file (``.dcm``, or any file with the DICOM preamble);
 - a NumPy array ``.npy`` in millivolts, shaped [leads, samples] or [samples, leads], with ``--fs`` and
   ``--leads`` telling its sampling rate and lead names;
-- a folder: every record, DICOM and ``.npy`` file under it (recursively), in sorted order; a MIMIC-IV-ECG
+- a folder: every record, DICOM and ``.npy`` file under it (recursively; ``.npy`` only when the caller says
+  how to read them), in sorted order; a MIMIC-IV-ECG
   root (a folder holding ``record_list.csv``, or ``mimic-iv-ecg/record_list.csv``) is read through its
   record list instead;
 - a record list: a ``.txt``/``.lst`` file with one path per line, or a ``.csv`` with a ``path`` column;
@@ -102,22 +103,24 @@ def _classify_file(path: Path) -> Source | None:
     return None
 
 
-def _from_folder(folder: Path) -> tuple[list[Source], list[Failure]]:
+def _from_folder(folder: Path, folder_npy: bool) -> tuple[list[Source], list[Failure]]:
     record_list = _mimic_record_list(folder)
     if record_list is not None:
-        return _from_list(record_list)
+        return _from_list(record_list, folder_npy)
     found: list[Source] = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames.sort()
         for name in sorted(filenames):
             path = Path(dirpath) / name
             suffix = path.suffix.lower()
-            if suffix == ".hea" or suffix == ".npy" or suffix in DICOM_SUFFIXES:
+            if suffix == ".hea" or (suffix == ".npy" and folder_npy) or suffix in DICOM_SUFFIXES:
                 src = _classify_file(path)
                 if src is not None:
                     found.append(src)
     if not found:
-        return [], [Failure(str(folder), "folder holds no WFDB record (.hea), DICOM (.dcm) or .npy file")]
+        what = "WFDB record (.hea), DICOM (.dcm) or .npy file" if folder_npy else \
+            "WFDB record (.hea) or DICOM (.dcm) file (.npy files count only with --fs and --leads)"
+        return [], [Failure(str(folder), f"folder holds no {what}")]
     return found, []
 
 
@@ -134,7 +137,7 @@ def _list_entries(list_file: Path) -> list[str]:
     return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
 
 
-def _from_list(list_file: Path) -> tuple[list[Source], list[Failure]]:
+def _from_list(list_file: Path, folder_npy: bool) -> tuple[list[Source], list[Failure]]:
     try:
         entries = _list_entries(list_file)
     except RecordError as e:
@@ -148,21 +151,21 @@ def _from_list(list_file: Path) -> tuple[list[Source], list[Failure]]:
         path = Path(entry)
         if not path.is_absolute():
             path = list_file.parent / path
-        s, f = _expand_one(path, allow_lists=False)
+        s, f = _expand_one(path, folder_npy, allow_lists=False)
         sources += s
         failures += f
     return sources, failures
 
 
-def _expand_one(path: Path, allow_lists: bool = True) -> tuple[list[Source], list[Failure]]:
+def _expand_one(path: Path, folder_npy: bool, allow_lists: bool = True) -> tuple[list[Source], list[Failure]]:
     if path.is_dir():
-        return _from_folder(path)
+        return _from_folder(path, folder_npy)
     if path.is_file():
         src = _classify_file(path)
         if src is not None:
             return [src], []
         if allow_lists and path.suffix.lower() in LIST_SUFFIXES:
-            return _from_list(path)
+            return _from_list(path, folder_npy)
         if path.suffix.lower() in WFDB_SIGNAL_SUFFIXES:
             return [], [Failure(str(path), f"WFDB signal file without its header {path.with_suffix('.hea').name}")]
         return [], [Failure(str(path), "not a WFDB record, DICOM file, .npy array, folder or record list")]
@@ -172,13 +175,16 @@ def _expand_one(path: Path, allow_lists: bool = True) -> tuple[list[Source], lis
     return [], [Failure(str(path), "no such file or folder")]
 
 
-def expand_inputs(inputs) -> tuple[list[Source], list[Failure]]:
-    """Expand INPUT arguments into records (in the order given, duplicates removed) and failures."""
+def expand_inputs(inputs, folder_npy: bool = True) -> tuple[list[Source], list[Failure]]:
+    """Expand INPUT arguments into records (in the order given, duplicates removed) and failures.
+
+    ``folder_npy=False`` leaves .npy files out of folder walks (the CLI does so unless --fs and --leads are
+    given: other .npy files, such as a signal store's arrays, are not ECGs); named .npy files always count."""
     sources: list[Source] = []
     failures: list[Failure] = []
     seen = set()
     for item in inputs:
-        s, f = _expand_one(Path(item))
+        s, f = _expand_one(Path(item), folder_npy)
         failures += f
         for src in s:
             if src.path not in seen:
