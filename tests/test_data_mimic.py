@@ -200,3 +200,13 @@ def test_labevents_reader_filters_and_parses(tiny, tmp_path):
         f.write("a,b\n1,2\n")
     with pytest.raises(ECGKTError, match="not a MIMIC labevents table"):
         read_labevents(bad, [1])
+
+
+def test_find_roots_in_mirror_layout(tmp_path):
+    ecg = tmp_path / "physionet.org/files/mimic-iv-ecg/1.0"
+    clinical = tmp_path / "physionet.org/files/mimiciv/3.1"
+    (ecg / "files").mkdir(parents=True)
+    (ecg / "record_list.csv").write_text("subject_id,study_id,file_name,ecg_time,path\n")
+    (clinical / "hosp").mkdir(parents=True)
+    (clinical / "hosp/patients.csv.gz").write_bytes(b"")
+    assert find_roots(tmp_path) == (ecg, clinical)

@@ -125,7 +125,8 @@ def _find(root: Path, rel: str, depth: int = 5) -> Path | None:
         return root
     if depth == 0:
         return None
-    for child in sorted(p for p in root.iterdir() if p.is_dir() and p.name != "files"):
+    # never walk the waveform tree (files/p1000/p10000032/...): hundreds of thousands of folders
+    for child in sorted(p for p in root.iterdir() if p.is_dir() and not re.fullmatch(r"p\d+", p.name)):
         hit = _find(child, rel, depth - 1)
         if hit is not None:
             return hit

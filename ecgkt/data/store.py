@@ -280,8 +280,10 @@ def _finish(out, work, table, state, markers, fingerprint, settings, progress) -
     shutil.rmtree(work, ignore_errors=True)
     if progress or len(skipped):
         print(f"ecgkt prepare: stored {n} of {n_rows} records in {out}", file=sys.stderr)
-        for sid, reason in zip(skipped["study_id"], skipped["reason"]):
+        for sid, reason in list(zip(skipped["study_id"], skipped["reason"]))[:20]:
             print(f"  skipped study {sid}: {reason}", file=sys.stderr)
+        if len(skipped) > 20:
+            print(f"  ... {len(skipped) - 20} more in {out / 'skipped.csv'}", file=sys.stderr)
     return ECGStore(out)
 
 
