@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 import torch
+from scipy import fft as sfft
 from scipy import signal as sps
 
 import ecgkt
@@ -46,7 +47,7 @@ class TorchFFTPipeline:
         d = filter_design(FS)
         self.pad = min(d.padlen, t - 1)
         n = t + 2 * self.pad
-        self.nfft = int(sps.next_fast_len(n + 512, real=True))  # headroom against circular wrap-around
+        self.nfft = int(sfft.next_fast_len(n + 512, real=True))  # headroom against circular wrap-around
         freqz = getattr(sps, "freqz_sos", None) or sps.sosfreqz
         _, h = freqz(d.sos, worN=np.fft.rfftfreq(self.nfft, 1 / FS), fs=FS)
         self.h2 = torch.from_numpy(np.abs(h) ** 2).float()

@@ -402,3 +402,22 @@ def test_fallback_without_extension(tmp_path):
     fallback = torch.from_numpy(np.load(tmp_path / "y.npy"))
     here = ecgkt.preprocess(x, 500, target_fs=250)
     assert_matches(fallback, here, torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ecgkt preprocess RECORD --out PNG
+# ---------------------------------------------------------------------------------------------------------
+def test_cli_plots_a_wfdb_record(tmp_path, capsys):
+    wfdb = pytest.importorskip("wfdb")
+    from ecgkt.cli import main
+
+    x = ecg_like(1, 3, 2501)[0].numpy().T  # [T, leads] in mV
+    x[100:120, 1] = np.nan  # stored as the format-16 invalid value
+    wfdb.wrsamp("rec", fs=500, units=["mV"] * 3, sig_name=["I", "II", "V1"], p_signal=x, fmt=["16"] * 3,
+                adc_gain=[200.0] * 3, baseline=[0] * 3, write_dir=str(tmp_path))
+    out = tmp_path / "plot.png"
+    assert main(["preprocess", str(tmp_path / "rec"), "--out", str(out), "--target-fs", "250"]) == 0
+    assert out.stat().st_size > 10_000
+    assert "repaired 1, flat 0" in capsys.readouterr().out
+    assert main(["preprocess", str(tmp_path / "missing"), "--out", str(out)]) == 2
+    assert "missing.hea: no such WFDB header" in capsys.readouterr().err
