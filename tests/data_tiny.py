@@ -109,6 +109,7 @@ def write_tiny(root: Path, corrupt: bool = True, n_samples: int = 5000) -> dict:
     ]
     lab = pd.DataFrame([(i + 1, s, None, i, item, None, t, t, v, vn, "mEq/L", lo, hi, None, "ROUTINE", None)
                         for i, (s, item, t, v, vn, lo, hi) in enumerate(labs)], columns=lab_cols)
+    lab.loc[0, "comments"] = "Hemolysis, \"slight\".\nRepeat advised, 2nd line"  # quoted, multi-line
     # rows of an item not in use: must be filtered out
     lab.loc[len(lab)] = [99, A, None, 99, 99999, None, "2180-07-23 10:00:00", None, "1", 1.0, "", None, None,
                          None, None, None]

@@ -37,6 +37,7 @@ def read_labevents(path, itemids, block_size: int = 16 << 20, progress: bool = F
         reader = pacsv.open_csv(
             path,
             read_options=pacsv.ReadOptions(block_size=block_size),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),  # free-text comments span lines
             convert_options=pacsv.ConvertOptions(include_columns=list(LAB_COLUMNS), column_types=types,
                                                  strings_can_be_null=True),
         )
