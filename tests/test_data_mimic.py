@@ -210,3 +210,19 @@ def test_find_roots_in_mirror_layout(tmp_path):
     (clinical / "hosp").mkdir(parents=True)
     (clinical / "hosp/patients.csv.gz").write_bytes(b"")
     assert find_roots(tmp_path) == (ecg, clinical)
+
+
+def test_labevents_multiline_comments_across_blocks(tmp_path):
+    cols = ["labevent_id", "subject_id", "hadm_id", "specimen_id", "itemid", "order_provider_id", "charttime",
+            "storetime", "value", "valuenum", "valueuom", "ref_range_lower", "ref_range_upper", "flag",
+            "priority", "comments"]
+    n = 301
+    df = pd.DataFrame({c: None for c in cols}, index=range(n))
+    df["labevent_id"], df["subject_id"], df["itemid"] = range(n), 10000032, [50971, 50983] * 150 + [50971]
+    df["charttime"] = "2180-07-23 09:20:00"
+    df["valuenum"] = np.arange(n) / 10
+    df["comments"] = [f"line one of {i}\nline two, \"quoted\"\nthree" for i in range(n)]
+    path = tmp_path / "labevents.csv.gz"
+    df.to_csv(path, index=False)
+    got = read_labevents(path, [50971], block_size=256)  # many block boundaries inside quoted comments
+    assert len(got) == 151 and got["valuenum"].tolist() == (np.arange(0, n, 2) / 10).tolist()
