@@ -294,7 +294,7 @@ def _to_int16(signal, gain, baseline, fmts):
     if shift:
         signal = signal >> shift
         gain = gain / (1 << shift)
-        baseline = np.floor(baseline / (1 << shift))
+        baseline = baseline / (1 << shift)  # kept fractional: the baseline is stored as float32
     out = signal.astype(np.int16)
     out[invalid] = INVALID
     return out, gain, baseline
