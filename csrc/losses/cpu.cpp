@@ -1,12 +1,13 @@
 // CPU kernels of the contrastive-loss block primitives (schemas in csrc/registry.cpp, meaning in
 // ecgkt/ops/contrastive.py). For a row block a [Ba, D] and a column block b [Bb, D], the logits
 // L = scale * a @ b^T are produced one tile (kTileRows x kTileCols) at a time by a BLAS GEMM and
-// reduced at once, so memory beyond inputs and outputs is O(Ba + Bb + threads * tile).
+// reduced at once, so memory beyond inputs and outputs is O(Ba + Bb + threads * tile), plus one
+// gradient-of-b accumulator per thread in the backward.
 //
-// Determinism: every reduction runs in a fixed order that does not depend on the thread count
-// (row blocks are independent; column accumulators are kept per fixed group of row blocks and
-// merged in group order; gradients of b are computed in a second pass over column blocks instead
-// of with atomics).
+// Determinism: no atomics; every reduction runs in a fixed order (row blocks are independent,
+// column accumulators belong to fixed groups or slots of row blocks and are merged in order), so
+// repeated runs agree bit for bit. Across thread counts the last bits may differ (the BLAS picks
+// its GEMM kernels per context, and the backward has one slot per thread).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -138,52 +139,49 @@ std::tuple<Tensor, Tensor> clip_block_lse_cpu(const Tensor& a_in, const Tensor& 
   return {row_lse, col_lse};
 }
 
-// Gradient tiles dL/dlogits; `fill(logits, scratch, i0, m, j0, n, first_pass)` overwrites the
-// logits tile (rows i0.., columns j0..) with them.
-// Pass 1 (row blocks in parallel): grad_a = scale * dL @ b, grad_scale = sum(a * (dL @ b)).
-// Pass 2 (column blocks in parallel): grad_b = scale * dL^T @ a (the tiles are recomputed).
+// Gradient tiles dL/dlogits; `fill(logits, scratch, i0, m, j0, n)` overwrites the logits tile
+// (rows i0.., columns j0..) with them. One pass over the tiles, row blocks split into slots (one
+// per thread, fewer when memory is short), each with its own accumulator for the gradient of b:
+//   grad_a = scale * dL @ b,  grad_b = scale * dL^T @ a,  grad_scale = sum(a * (dL @ b)).
 // Returns (grad_a, grad_b, grad_scale) in the accumulation dtype.
+constexpr int64_t kMaxSlotBytes = int64_t(1) << 30;
+
 template <typename Fill>
-std::tuple<Tensor, Tensor, Tensor> backward_two_pass(const Tensor& a, const Tensor& b, double scale,
-                                                     const Fill& fill) {
+std::tuple<Tensor, Tensor, Tensor> backward_tiles(const Tensor& a, const Tensor& b, double scale,
+                                                  const Fill& fill) {
   const auto acc = a.scalar_type();
   const int64_t rows = a.size(0), cols = b.size(0);
   const int64_t row_blocks = num_blocks(rows, kTileRows), col_blocks = num_blocks(cols, kTileCols);
-  Tensor grad_a = at::zeros_like(a), grad_b = at::zeros_like(b);
+  const int64_t slot_bytes = b.numel() * static_cast<int64_t>(b.element_size());
+  const int64_t slots = std::max<int64_t>(
+      1, std::min({static_cast<int64_t>(at::get_num_threads()), row_blocks, kMaxSlotBytes / slot_bytes}));
+  Tensor grad_a = at::zeros_like(a);
+  Tensor grad_b_slots = at::zeros({slots, cols, b.size(1)}, b.options());
   Tensor scale_parts = at::zeros({row_blocks}, a.options());
 
-  at::parallel_for(0, row_blocks, 1, [&](int64_t b0, int64_t b1) {
+  at::parallel_for(0, slots, 1, [&](int64_t s0, int64_t s1) {
     at::AutoDispatchBelowADInplaceOrView no_autograd;  // worker threads do not inherit it
     TileBuffers buf(acc);
-    for (int64_t ib = b0; ib < b1; ++ib) {
-      const int64_t i0 = ib * kTileRows, m = std::min(kTileRows, rows - i0);
-      Tensor g = grad_a.narrow(0, i0, m);  // dL @ b, scaled below
-      for (int64_t jb = 0; jb < col_blocks; ++jb) {
-        const int64_t j0 = jb * kTileCols, n = std::min(kTileCols, cols - j0);
-        Tensor dlogits = buf.tile(a, b, i0, m, j0, n, scale);
-        fill(dlogits, buf.scratch(m, n), i0, m, j0, n, /*first_pass=*/true);
-        g.addmm_(dlogits, b.narrow(0, j0, n));
-      }
-      scale_parts[ib] = (a.narrow(0, i0, m) * g).sum();
-      g.mul_(scale);
-    }
-  });
-  at::parallel_for(0, col_blocks, 1, [&](int64_t b0, int64_t b1) {
-    at::AutoDispatchBelowADInplaceOrView no_autograd;  // worker threads do not inherit it
-    TileBuffers buf(acc);
-    for (int64_t jb = b0; jb < b1; ++jb) {
-      const int64_t j0 = jb * kTileCols, n = std::min(kTileCols, cols - j0);
-      Tensor g = grad_b.narrow(0, j0, n);
-      for (int64_t ib = 0; ib < row_blocks; ++ib) {
+    for (int64_t slot = s0; slot < s1; ++slot) {
+      Tensor grad_b = grad_b_slots[slot];  // dL^T @ a over this slot's rows, scaled below
+      for (int64_t ib = slot * row_blocks / slots; ib < (slot + 1) * row_blocks / slots; ++ib) {
         const int64_t i0 = ib * kTileRows, m = std::min(kTileRows, rows - i0);
-        Tensor dlogits = buf.tile(a, b, i0, m, j0, n, scale);
-        fill(dlogits, buf.scratch(m, n), i0, m, j0, n, /*first_pass=*/false);
-        g.addmm_(dlogits.t(), a.narrow(0, i0, m));
+        const Tensor a_blk = a.narrow(0, i0, m);
+        Tensor g = grad_a.narrow(0, i0, m);  // dL @ b, scaled below
+        for (int64_t jb = 0; jb < col_blocks; ++jb) {
+          const int64_t j0 = jb * kTileCols, n = std::min(kTileCols, cols - j0);
+          Tensor dlogits = buf.tile(a, b, i0, m, j0, n, scale);
+          fill(dlogits, buf.scratch(m, n), i0, m, j0, n);
+          g.addmm_(dlogits, b.narrow(0, j0, n));
+          grad_b.narrow(0, j0, n).addmm_(dlogits.t(), a_blk);
+        }
+        scale_parts[ib] = (a_blk * g).sum();
+        g.mul_(scale);
       }
-      g.mul_(scale);
     }
   });
-  return {grad_a, grad_b, scale_parts.sum()};
+  Tensor grad_b = slots == 1 ? grad_b_slots[0] : grad_b_slots.sum(0);
+  return {grad_a, grad_b.mul_(scale), scale_parts.sum()};
 }
 
 Tensor grad_like(const Tensor& grad, const Tensor& like) {
@@ -206,13 +204,13 @@ std::tuple<Tensor, Tensor, Tensor> clip_block_lse_backward_cpu(
   const Tensor grad_row = to_acc(grad_row_in, acc), grad_col = to_acc(grad_col_in, acc);
 
   // dL = grad_row_i * softmax_row(L)_ij + grad_col_j * softmax_col(L)_ij
-  auto fill = [&](Tensor& logits, Tensor scratch, int64_t i0, int64_t m, int64_t j0, int64_t n, bool) {
+  auto fill = [&](Tensor& logits, Tensor scratch, int64_t i0, int64_t m, int64_t j0, int64_t n) {
     at::sub_out(scratch, logits, row_lse.narrow(0, i0, m).unsqueeze(1));
     scratch.exp_().mul_(grad_row.narrow(0, i0, m).unsqueeze(1));
     logits.sub_(col_lse.narrow(0, j0, n).unsqueeze(0)).exp_().mul_(grad_col.narrow(0, j0, n).unsqueeze(0));
     logits.add_(scratch);
   };
-  auto [grad_a, grad_b, grad_scale] = backward_two_pass(a, b, scale_in.item<double>(), fill);
+  auto [grad_a, grad_b, grad_scale] = backward_tiles(a, b, scale_in.item<double>(), fill);
   return {grad_a.to(a_in.scalar_type()), grad_b.to(b_in.scalar_type()), grad_like(grad_scale, scale_in)};
 }
 
@@ -263,16 +261,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> siglip_block_backward_cpu(
   const double bias = bias_in.item<double>();
   const int64_t row_blocks = num_blocks(a.size(0), kTileRows);
   const int64_t col_blocks = num_blocks(b.size(0), kTileCols);
-  // grad_bias = sum(dL): one partial per tile of pass 1, summed in tile order.
+  // grad_bias = sum(dL): one partial per tile, summed in tile order.
   Tensor bias_parts = at::zeros({row_blocks, col_blocks}, a.options());
 
   // dL = grad_row_i * sigmoid(L + bias)
-  auto fill = [&](Tensor& logits, Tensor, int64_t i0, int64_t m, int64_t j0, int64_t, bool first_pass) {
+  auto fill = [&](Tensor& logits, Tensor, int64_t i0, int64_t m, int64_t j0, int64_t) {
     at::sigmoid_out(logits, logits.add_(bias));
     logits.mul_(grad_row.narrow(0, i0, m).unsqueeze(1));
-    if (first_pass) bias_parts[i0 / kTileRows][j0 / kTileCols] = logits.sum();
+    bias_parts[i0 / kTileRows][j0 / kTileCols] = logits.sum();
   };
-  auto [grad_a, grad_b, grad_scale] = backward_two_pass(a, b, scale_in.item<double>(), fill);
+  auto [grad_a, grad_b, grad_scale] = backward_tiles(a, b, scale_in.item<double>(), fill);
   return {grad_a.to(a_in.scalar_type()), grad_b.to(b_in.scalar_type()), grad_like(grad_scale, scale_in),
           grad_like(bias_parts.sum(), bias_in)};
 }
