@@ -165,10 +165,10 @@ def sample_encounters(rng, s, cfg) -> dict[str, np.ndarray]:
     mi = u() < 0.02 + 0.12 * s["cad"] + 0.02 * s["hf"]
     sepsis_sev = np.where(u() < 0.06 + 0.04 * s["ckd"] + 0.03 * s["diabetes"], rng.uniform(0.3, 1, n), 0.0)
     hf_decomp = s["hf"] & (u() < 0.45)
-    hypok = u() < 0.05 + 0.1 * s["hf"]  # diuretics, GI losses
-    hyperk_event = u() < 0.015 + 0.12 * s["ckd_sev"]
+    hypok = u() < 0.07 + 0.1 * s["hf"]  # diuretics, GI losses
+    hyperk_event = u() < 0.035 + 0.15 * s["ckd_sev"]
     hypomag = u() < 0.04 + 0.5 * hypok
-    ca_event = rng.choice([-1, 0, 1], n, p=[0.05, 0.91, 0.04])
+    ca_event = rng.choice([-1, 0, 1], n, p=[0.07, 0.87, 0.06])
     bleed = u() < 0.03
     hypoglyc = s["diabetes"] & (u() < 0.05)
     hypothermia = u() < 0.004
@@ -548,7 +548,7 @@ ICD10: list[tuple[str, str, object]] = [
     ("I440", "Atrioventricular block, first degree", lambda e, p: p["avb1"]),
     ("T688XXA", "Hypothermia, initial encounter", lambda e, p: e["hypothermia"]),
     ("R509", "Fever, unspecified", lambda e, p: e["temp_c"] > 38.3),
-    ("R0789", "Other chest pain", lambda e, p: (e["cad"] | e["mi"]) & ~e["mi"]),
+    ("R0789", "Other chest pain", lambda e, p: e["cad"] & ~e["mi"]),
 ]
 # ICD-10 parent (category) titles, so truncated codes can be named; and a few ICD-9 codes that
 # old admissions use (they carry icd_version 9 and are an edge case for the cohort builder).

@@ -376,10 +376,12 @@ def _ecg_tables(sim: Simulation, rr: np.ndarray, root: Path) -> None:
                root / "machine_measurements_data_dictionary.csv", gz=False)
     rng = np.random.default_rng([sim.seed, 31, 2])
     linked = np.flatnonzero(rng.random(len(e)) < 0.4)
-    links = pd.DataFrame({"subject_id": e["subject_id"].to_numpy()[linked], "study_id": e["study_id"].to_numpy()[linked],
-                          "waveform_path": np.array(paths, dtype=object)[linked] if len(linked) else [],
-                          "note_id": [f"{s}-EK-{j + 1}" for j, s in enumerate(e["subject_id"].to_numpy()[linked])],
-                          "note_seq": np.arange(1, len(linked) + 1) % 50 + 1, "charttime": times[linked]})
+    subj = e["subject_id"].to_numpy()[linked]
+    seq = pd.Series(subj).groupby(subj).cumcount().to_numpy() + 1  # the subject's k-th ECG note
+    links = pd.DataFrame({"subject_id": subj, "study_id": e["study_id"].to_numpy()[linked],
+                          "waveform_path": np.array(paths, dtype=object)[linked],
+                          "note_id": [f"{s}-EK-{k}" for s, k in zip(subj, seq)], "note_seq": seq,
+                          "charttime": times[linked]})
     _write_csv(links, root / "waveform_note_links.csv", gz=False)
 
 
@@ -488,10 +490,10 @@ def _labevents(sim: Simulation, hadm: np.ndarray) -> pd.DataFrame:
     s = enc["sick"]
     out = (e["kind"] == "outpatient").to_numpy()
     prob = {
-        "bmp": np.where(out, 0.3, 0.55 + 0.4 * s), "cbc": np.where(out, 0.3, 0.5 + 0.4 * s),
-        "mgphos": 0.12 + 0.45 * s + 0.3 * ((enc["k"] < 3.5) | enc["ckd"]),
-        "cardiac": 0.2 + 0.45 * (enc["cad"] | enc["mi"]) + 0.2 * s,
-        "bnp": 0.04 + 0.5 * enc["hf"] + 0.2 * s, "crp": 0.04 + 0.6 * (enc["sepsis_sev"] > 0),
+        "bmp": np.where(out, 0.3, 0.68 + 0.3 * s), "cbc": np.where(out, 0.3, 0.62 + 0.3 * s),
+        "mgphos": 0.18 + 0.45 * s + 0.3 * ((enc["k"] < 3.5) | enc["ckd"]),
+        "cardiac": 0.3 + 0.45 * (enc["cad"] | enc["mi"]) + 0.2 * s,
+        "bnp": 0.1 + 0.5 * enc["hf"] + 0.25 * s, "crp": 0.05 + 0.6 * (enc["sepsis_sev"] > 0),
         "lft": 0.12 + 0.35 * s + 0.4 * enc["liver"], "gas": 0.02 + 0.6 * (enc["sepsis_sev"] > 0) + 0.15 * s,
     }
     ecg_i, panel, offset, repeat = [], [], [], []
