@@ -114,6 +114,17 @@ def test_every_instruction_set_matches_reference(isa, monkeypatch):
 
 
 @needs_cpu_kernel
+@pytest.mark.parametrize("t", [1, 2, 3, 17, 40])
+def test_tiny_signals(t):
+    x = ecg_like(2, 17, t, seed=t)  # shorter than a SIMD tile and than padlen
+    for target in (None, 360):
+        got = ecgkt.preprocess(x.float(), 500, target_fs=target, return_info=True)
+        want = ecgkt.preprocess(x.float(), 500, target_fs=target, backend="reference", return_info=True)
+        assert got.flat.equal(want.flat) and torch.isfinite(got.signal).all()
+        assert_matches(got.signal, want.signal, torch.float32)
+
+
+@needs_cpu_kernel
 def test_single_record_equals_batch_row():
     x = ecg_like(4, 3, 1001)
     batch = ecgkt.preprocess(x, 500)

@@ -249,7 +249,7 @@ def _zero_phase(sos: np.ndarray, zi: np.ndarray, v: np.ndarray, padlen: int) -> 
     y, _ = sps.sosfilt(sos, ext, axis=1, zi=zi[:, None, :] * ext[None, :, :1])
     y = y[:, ::-1]
     y, _ = sps.sosfilt(sos, y, axis=1, zi=zi[:, None, :] * y[None, :, :1])
-    return np.ascontiguousarray(y[:, ::-1][:, p:p + t])
+    return np.array(y[:, ::-1][:, p:p + t], order="C")
 
 
 def _resample(y: np.ndarray, fir: np.ndarray, up: int, down: int) -> np.ndarray:
@@ -303,7 +303,7 @@ def preprocess_reference(signal, gain, baseline, sos, zi, padlen, fir, up, down,
     y[dead] = 0.0
     flags = repaired.astype(np.int32) | (dead.astype(np.int32) << 1)
     out_dtype = torch.float64 if signal.dtype == torch.float64 else torch.float32
-    out = torch.from_numpy(np.ascontiguousarray(y)).to(device=signal.device, dtype=out_dtype)
+    out = torch.from_numpy(np.array(y, order="C")).to(device=signal.device, dtype=out_dtype)  # a copy: no negative strides
     return out, torch.from_numpy(flags).to(signal.device)
 
 
