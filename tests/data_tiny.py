@@ -62,6 +62,8 @@ def write_tiny(root: Path, corrupt: bool = True, n_samples: int = 5000) -> dict:
     for k, (study, subject, t) in enumerate(ECGS):
         frames[study] = random_frames(k, n_samples)
         frames[study][100:150, 3] = -32768  # a run of missing samples in aVR
+        if k == 1:
+            frames[study][:, 7] = 12  # a flat V2: useless but valid, stored as recorded
         write_mimic_record(ecg, subject, study, frames[study])
         rows.append((subject, study, f"{study}", t, record_rel_path(subject, study)))
     if corrupt:

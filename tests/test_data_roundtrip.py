@@ -108,3 +108,29 @@ def test_dataset_over_generated_store(synth):
         n += batch["signal"].shape[0]
     assert n == len(ds)
     assert ds.tab_mask.any(axis=0).sum() >= len(ds.tab_names) // 2  # most features observed somewhere
+
+
+def test_temperature_pairing_and_celsius_matches_brute_force(synth):
+    root, store = synth
+    ed = root / "mimic-iv/ed"
+    stays = pd.read_csv(ed / "edstays.csv.gz", parse_dates=["intime"])
+    vs = pd.read_csv(ed / "vitalsign.csv.gz", parse_dates=["charttime"])[["subject_id", "charttime", "temperature"]]
+    tri = pd.read_csv(ed / "triage.csv.gz").merge(stays[["stay_id", "intime"]], on="stay_id")
+    tri = tri.rename(columns={"intime": "charttime"})[["subject_id", "charttime", "temperature"]]
+    ev = pd.concat([vs, tri]).dropna(subset=["temperature", "charttime"])
+    ev = ev.assign(f=np.where(ev["temperature"].between(25, 45), ev["temperature"] * 1.8 + 32, ev["temperature"]))
+    ev = ev[ev["f"].between(50, 150)]
+    checked = 0
+    for sid, t, got in zip(store.cohort["subject_id"], pd.to_datetime(store.cohort["ecg_time"]),
+                           store.cohort["vital_temperature"]):
+        cand = ev[ev["subject_id"] == sid]
+        dt = (cand["charttime"] - t).abs()
+        cand, dt = cand[dt <= pd.Timedelta(minutes=30)], dt[dt <= pd.Timedelta(minutes=30)]
+        if cand.empty:
+            assert np.isnan(got)
+        elif (dt == dt.min()).sum() == 1:
+            best = cand[dt == dt.min()].iloc[0]
+            assert got == pytest.approx(best["f"])
+            checked += 1
+    assert checked >= 5
+

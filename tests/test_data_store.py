@@ -48,6 +48,7 @@ def test_store_round_trip(built, tiny):
         assert np.all(store.gains[i] == 200) and np.all(store.baselines[i] == 0)
     assert (store.signals[:4, STANDARD_LEADS.index("aVR"), 100:150] == -32768).all()  # invalid runs kept
     assert (store.signals[4:] == -32768).all()  # rows of skipped records hold nothing
+    assert (store.signal(1)[STANDARD_LEADS.index("V2")] == 12).all()  # the flat lead is kept
 
 
 def test_corrupt_records_skipped_with_reasons(built, capsys):
