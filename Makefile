@@ -9,16 +9,22 @@ RUN    ?= runs/demo
 
 .PHONY: setup demo test bench clean
 
-$(VENV)/.installed: pyproject.toml setup.py csrc/sources.txt
+SOURCES := setup.py $(shell find csrc -type f)
+
+# Dependencies and the first build of the extension.
+$(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q --upgrade "setuptools>=77" wheel
 	$(PY) -m pip install -q "$(TORCH)" numpy pybind11 ninja
 	$(PY) -m pip install -q --no-build-isolation -e ".[test]"
+	touch $(VENV)/.installed $(VENV)/.built
+
+# Rebuild the extension when a C++/CUDA source changed since the last build.
+$(VENV)/.built: $(VENV)/.installed $(SOURCES)
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
 	touch $@
 
-setup: $(VENV)/.installed
-	@# rebuild the extension when C++/CUDA sources changed since the last build
-	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+setup: $(VENV)/.built
 
 demo: setup
 	$(VENV)/bin/ecgkt pipeline --out $(RUN)
@@ -27,7 +33,7 @@ test: setup
 	$(PY) -m pytest -q tests
 
 bench: setup
-	$(PY) benches/run_all.py
+	for b in benches/bench_*.py; do $(PY) $$b || exit 1; done
 
 clean:
 	rm -rf build dist *.egg-info ecgkt/_C*.so ecgkt/_build_info.json
