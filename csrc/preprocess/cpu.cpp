@@ -79,6 +79,23 @@ struct FreeDeleter {
   void operator()(void* p) const { std::free(p); }
 };
 
+// Per-thread block scratch kept between calls (about 1 MB for 12-lead 10 s records): fresh pages would be
+// faulted in and zeroed on every call. Very long signals get a one-off buffer instead.
+void* thread_scratch(size_t bytes, std::unique_ptr<void, FreeDeleter>& one_off) {
+  constexpr size_t kKeep = size_t(16) << 20;
+  thread_local std::unique_ptr<void, FreeDeleter> kept;
+  thread_local size_t kept_bytes = 0;
+  if (bytes > kKeep) {
+    one_off.reset(std::aligned_alloc(64, bytes));
+    return one_off.get();
+  }
+  if (kept_bytes < bytes) {
+    kept.reset(std::aligned_alloc(64, bytes));
+    kept_bytes = kept ? bytes : 0;
+  }
+  return kept.get();
+}
+
 std::tuple<at::Tensor, at::Tensor> preprocess_cpu(const at::Tensor& signal, const at::Tensor& gain,
                                                   const at::Tensor& baseline, const at::Tensor& sos,
                                                   const at::Tensor& zi, int64_t padlen, const at::Tensor& fir,
@@ -147,11 +164,12 @@ std::tuple<at::Tensor, at::Tensor> preprocess_cpu(const at::Tensor& signal, cons
   const int64_t n_blocks = (N + rows - 1) / rows;
   const size_t bytes = size_t((scratch_bytes(p, dbl, rows) + 63) / 64 * 64);
   at::parallel_for(0, n_blocks, 1, [&](int64_t b0, int64_t b1) {
-    std::unique_ptr<void, FreeDeleter> scratch(std::aligned_alloc(64, bytes));
+    std::unique_ptr<void, FreeDeleter> one_off;
+    void* scratch = thread_scratch(bytes, one_off);
     TORCH_CHECK(scratch, "ecgkt::preprocess: out of memory for a ", bytes, "-byte scratch buffer");
     std::vector<double> tmp;
     for (int64_t blk = b0; blk < b1; ++blk) {
-      kernel.fn(p, blk * rows, scratch.get());
+      kernel.fn(p, blk * rows, scratch);
       if (normalize == 2) {
         const int64_t r0 = blk * rows, r1 = std::min(N, r0 + rows);
         if (dbl) robust_rows(static_cast<double*>(p.out), p.flags, r0, r1, T_out, tmp);
