@@ -155,7 +155,7 @@ def filter_design(fs: float, highpass=0.5, lowpass=100.0, notch=60.0, target_fs=
     Butterworth orders: the smallest (high-pass order + low-pass order) whose zero-phase response meets
     ``response_requirements`` with a 0.1 dB / 2 dB design margin. Notch: ``scipy.signal.iirnotch`` with a
     fixed 1.5 Hz bandwidth (Q = notch / 1.5: 40 at 60 Hz). ``padlen`` = three time constants of the
-    high-pass corner, 3 * fs / (2 pi highpass) (477 samples at 500 Hz), so its start-up transient decays
+    high-pass corner, 3 * fs / (2 pi highpass) (478 samples at 500 Hz), so its start-up transient decays
     inside the odd extension. Resampling: the reduced ratio up/down = target_fs/fs and resample_poly's
     own Kaiser (beta 5) FIR of 20*max(up, down)+1 taps, scaled by ``up``.
     """
