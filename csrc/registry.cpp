@@ -11,7 +11,7 @@ TORCH_LIBRARY(ecgkt, m) {
   //   zi       [S, 2] float64 steady-state of the cascade for a unit step (scaled by the edge value)
   //   padlen   odd-extension length at each end before filtering
   //   fir      [K] float64 polyphase anti-aliasing filter (empty when up == down == 1)
-  //   normalize 0 none, 1 z-score, 2 robust (median / IQR)
+  //   normalize 0 none, 1 z-score, 2 robust (median / 1.4826·MAD)
   // returns (out [N, T_out] float32 (float64 for float64 input), flags [N] int32:
   //          bit 0 = invalid samples repaired, bit 1 = flat or all-invalid lead set to zero)
   m.def(
