@@ -64,6 +64,7 @@ def run_case(impl: str, loss: str, batch: int, dim: int, threads: int) -> dict:
         return ecg, clin, torch.tensor(1 / 0.07, requires_grad=True), torch.tensor(-10.0, requires_grad=True)
 
     _step(impl, loss, *inputs(min(batch, 512)))  # warm-up: libraries, kernels, allocator
+    rate = matmul_rate(dim, threads)  # measured here, just before, under the same machine load
     args = inputs(batch)
     before = _rss_bytes()
     start = time.perf_counter()
@@ -71,7 +72,7 @@ def run_case(impl: str, loss: str, batch: int, dim: int, threads: int) -> dict:
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return dict(impl=impl, loss=loss, batch=batch, dim=dim, threads=threads, seconds=seconds,
-                peak_extra_bytes=max(0, peak - before), loss_value=value)
+                peak_extra_bytes=max(0, peak - before), loss_value=value, matmul_flops=rate)
 
 
 def matmul_rate(dim: int, threads: int, n: int = 4096) -> float:
@@ -80,8 +81,8 @@ def matmul_rate(dim: int, threads: int, n: int = 4096) -> float:
 
     torch.set_num_threads(threads)
     a, b = torch.randn(n, dim), torch.randn(dim, n)
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(5))
+    out = a @ b
+    best = min(_timed(lambda: torch.mm(a, b, out=out)) for _ in range(5))
     return 2 * n * n * dim / best
 
 
@@ -115,14 +116,14 @@ def main(argv=None) -> int:
         return 0
 
     limit = args.mem_limit_gb * 1e9 if args.mem_limit_gb else 0.8 * _available_bytes()
-    rate = matmul_rate(args.dim, args.threads)
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  {args.loss} loss, D={args.dim}, "
-          f"{args.threads} threads, float32 matmul {rate / 1e9:.1f} GFLOP/s, memory limit {limit / 1e9:.1f} GB")
-    header = ["batch", "impl", "seconds", "peak_extra_GB", "floor_s", "x_floor", "vs_naive_time", "vs_naive_mem"]
-    print("{:>7} {:>6} {:>9} {:>13} {:>8} {:>8} {:>13} {:>12}".format(*header))
+          f"{args.threads} threads, memory limit {limit / 1e9:.1f} GB; floor = 3 B*B*D matmuls at the float32 "
+          "matmul rate measured in each case's process just before its step")
+    header = ["batch", "impl", "seconds", "peak_extra_GB", "GFLOPs", "floor_s", "x_floor", "vs_naive_time",
+              "vs_naive_mem"]
+    print("{:>7} {:>6} {:>9} {:>13} {:>7} {:>8} {:>8} {:>13} {:>12}".format(*header))
     rows = []
     for batch in args.batches:
-        floor = 3 * 2 * batch * batch * args.dim / rate
         common = ["--dim", str(args.dim), "--loss", args.loss, "--threads", str(args.threads)]
         naive_estimate = NAIVE_BYTES_PER_LOGIT * batch * batch
         if naive_estimate > limit:
@@ -134,13 +135,15 @@ def main(argv=None) -> int:
             if "seconds" not in r:
                 print(f"{batch:>7} {impl:>6}   skipped: {r.get('skipped') or r.get('error')}")
                 continue
+            floor = 3 * 2 * batch * batch * args.dim / r["matmul_flops"]
             row = dict(batch=batch, impl=impl, seconds=r["seconds"], peak_extra_GB=r["peak_extra_bytes"] / 1e9,
-                       floor_s=floor, x_floor=r["seconds"] / floor)
+                       GFLOPs=r["matmul_flops"] / 1e9, floor_s=floor, x_floor=r["seconds"] / floor)
             if impl == "fused" and "seconds" in naive:
                 row["vs_naive_time"] = r["seconds"] / naive["seconds"]
                 row["vs_naive_mem"] = r["peak_extra_bytes"] / max(naive["peak_extra_bytes"], 1)
             rows.append(row)
-            print("{batch:>7} {impl:>6} {seconds:>9.2f} {peak_extra_GB:>13.3f} {floor_s:>8.2f} {x_floor:>8.2f}".format(**row)
+            print("{batch:>7} {impl:>6} {seconds:>9.2f} {peak_extra_GB:>13.3f} {GFLOPs:>7.1f} {floor_s:>8.2f} "
+                  "{x_floor:>8.2f}".format(**row)
                   + ("" if "vs_naive_time" not in row else
                      " {vs_naive_time:>13.3f} {vs_naive_mem:>12.4f}".format(**row)), flush=True)
     if args.csv:
