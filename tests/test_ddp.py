@@ -13,7 +13,7 @@ from ecgkt.train.fake import fake_splits
 # between one batch of 8 and two of 4 (BatchNorm under DDP is per-rank unless SyncBatchNorm is used)
 OVERRIDES = ["model.norm=group", "model.tab_dropout=0.0", "model.head_dropout=0.0", "pretrain.epochs=1",
              "pretrain.batch_size=8", "finetune.epochs=1", "finetune.batch_size=8", "preprocessing.target_fs=50",
-             "runtime.log_every=1"]
+             "labs.epochs=2", "labs.batch_size=8", "runtime.log_every=1"]
 
 
 def _train(run_dir, mode):
@@ -21,8 +21,9 @@ def _train(run_dir, mode):
     env = distributed.init("cpu")
     ctx = stages.context_from_datasets(cfg, env, run_dir, *fake_splits(24, 8, 8, fs=100.0))
     ctx.progress = False
-    stages.pretrain(ctx)
+    pre = stages.pretrain(ctx)
     stages.finetune(ctx, "signal_only")
+    stages.train_labs(ctx, stages._encoder_state(pre["state"]))  # frozen encoder: replicated head training
 
 
 def _worker(rank, world, port, run_dir, mode):
@@ -45,6 +46,9 @@ def _free_port():
 def test_two_ranks_match_one_process(tmp_path, mode):
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path / "ddp"), mode), nprocs=2, join=True)
     _train(tmp_path / "single", mode)
+    lab_a, lab_b = (checkpoint.load(tmp_path / d / "stages/labs/result.pt")["lab_head"] for d in ("ddp", "single"))
+    for k in lab_b:
+        torch.testing.assert_close(lab_a[k], lab_b[k], rtol=1e-3, atol=1e-3)
     for stage in ("pretrain", "signal_only"):
         a = checkpoint.load(tmp_path / "ddp/stages" / stage / "result.pt")
         b = checkpoint.load(tmp_path / "single/stages" / stage / "result.pt")

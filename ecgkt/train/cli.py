@@ -149,6 +149,7 @@ def cmd_finetune(args) -> int:
     labs = _need(ctx, "labs", "train-labs")
     r = {"finetune": stages.finetune(ctx, "finetune", labs["encoder"], labs["lab_head"]),
          "pretrain": _need(ctx, "pretrain", "pretrain")}
+    r["final_labs"] = stages.train_labs(ctx, stages._encoder_state(r["finetune"]["state"], "encoder."), "final_labs")
     if ctx.env.is_main:
         print(f"stage 3 done; final model: {pipeline.save_final_model(ctx, r)}")
     return 0
@@ -178,7 +179,7 @@ def cmd_evaluate(args) -> int:
     if not ctx.env.is_main:
         return 0
     r = {}
-    for name in ("pretrain", "labs", "finetune", "signal_only", "multimodal", "control_pretrain", "control_labs",
+    for name in ("pretrain", "labs", "finetune", "final_labs", "signal_only", "multimodal", "control_pretrain", "control_labs",
                  "control_finetune"):
         path = ctx.stage_dir(name) / "result.pt"
         if path.is_file():

@@ -107,18 +107,21 @@ def autocast(env: DistEnv, amp: str):
 
 def fit(*, name: str, stage_dir, env: DistEnv, model: nn.Module, groups, loss_fn: Callable, loader,
         epochs: int, warmup_epochs: float, seed: int, amp: str = "auto", validate: Callable | None = None,
-        select: str | None = None, fail_after: str | None = None, log_every: int = 20,
-        progress: bool = True, set_train_mode: Callable | None = None) -> list[dict]:
+        select: str | None = None, minimize: bool = False, fail_after: str | None = None, log_every: int = 20,
+        progress: bool = True, set_train_mode: Callable | None = None, ddp: bool = True) -> list[dict]:
     """Trains `model` for `epochs` epochs, resuming from `stage_dir/checkpoint.pt` when present.
 
     loss_fn(net, batch) -> scalar loss, where net is `model` (wrapped in DDP when distributed).
     validate(model) -> dict of metrics (every rank computes it on the whole validation split).
-    select: metric name to maximise; the best epoch's weights are restored at the end.
+    select: metric name to maximise (minimise with minimize=True); the best epoch's weights are restored at
+    the end.
+    ddp=False: every rank trains the same replica on the same (unsharded) data, e.g. a head on precomputed
+    embeddings, where splitting the work is not worth a collective per step.
     Returns the per-epoch history."""
     stage_dir = Path(stage_dir)
     ckpt_path = stage_dir / "checkpoint.pt"
     net = model
-    if env.distributed:
+    if env.distributed and ddp:
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
     optim = torch.optim.AdamW(groups)
@@ -164,8 +167,9 @@ def fit(*, name: str, stage_dir, env: DistEnv, model: nn.Module, groups, loss_fn
             model.eval()
             record.update(validate(model))
         history.append(record)
-        if select is not None and (best is None or record[select] > best["score"]):
-            best = dict(score=record[select], epoch=epoch + 1,
+        score = -record[select] if (select is not None and minimize) else record.get(select)
+        if select is not None and (best is None or score > best["score"]):
+            best = dict(score=score, epoch=epoch + 1,
                         state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
         if env.is_main:
             checkpoint.save(dict(model=model.state_dict(), optim=optim.state_dict(), sched=sched.state_dict(),
@@ -178,4 +182,6 @@ def fit(*, name: str, stage_dir, env: DistEnv, model: nn.Module, groups, loss_fn
             raise InjectedFailure(f"injected failure after {name} epoch {epoch + 1} (runtime.fail_after)")
     if best is not None:
         model.load_state_dict(best["state"])
+        for record in history:
+            record["selected"] = record["epoch"] == best["epoch"]
     return history

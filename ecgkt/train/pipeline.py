@@ -106,7 +106,7 @@ def run(cfg: dict, run_dir, data_dir=None, progress: bool = True) -> dict | None
 
 
 def train_all(ctx, progress: bool = True) -> dict:
-    plan = ["pretrain", "labs", "finetune", "signal_only", "multimodal"]
+    plan = ["pretrain", "labs", "finetune", "final_labs", "signal_only", "multimodal"]
     if ctx.cfg["control"]["enabled"]:
         plan += ["control_pretrain", "control_labs", "control_finetune"]
     bar = tqdm(total=len(plan), desc="pipeline", disable=not (progress and ctx.env.is_main), position=0)
@@ -120,6 +120,10 @@ def train_all(ctx, progress: bool = True) -> dict:
     step("pretrain", lambda: stages.pretrain(ctx, "pretrain"))
     step("labs", lambda: stages.train_labs(ctx, stages._encoder_state(r["pretrain"]["state"]), "labs"))
     step("finetune", lambda: stages.finetune(ctx, "finetune", r["labs"]["encoder"], r["labs"]["lab_head"]))
+    # stage 3 fine-tuned the encoder: fit the explanation head again on the final encoder (frozen), so the
+    # final model's lab probabilities come from the embedding it actually computes
+    step("final_labs", lambda: stages.train_labs(ctx, stages._encoder_state(r["finetune"]["state"], "encoder."),
+                                                 "final_labs"))
     step("signal_only", lambda: stages.finetune(ctx, "signal_only"))
     step("multimodal", lambda: stages.multimodal(ctx, "multimodal"))
     if ctx.cfg["control"]["enabled"]:
@@ -132,9 +136,17 @@ def train_all(ctx, progress: bool = True) -> dict:
     return r
 
 
-def save_final_model(ctx, r: dict) -> Path:
-    """The stage-3 model, ECG-only, with the provenance of its pre-training (tabular normalisation)."""
+def final_model(ctx, r: dict):
+    """The stage-3 model with the explanation head refitted on its encoder (when that stage ran)."""
     model = stages.load_ecgkt(ctx, r["finetune"])
+    if "final_labs" in r:
+        model.lab_head.load_state_dict(r["final_labs"]["lab_head"])
+    return model
+
+
+def save_final_model(ctx, r: dict) -> Path:
+    """The final ECG-only model, with the provenance of its pre-training (tabular normalisation)."""
+    model = final_model(ctx, r)
     pre = r["pretrain"]["state"]
     model.config["pretraining"] = dict(
         loss=ctx.cfg["pretrain"]["loss"], tab_names=ctx.tab_names,
@@ -153,7 +165,7 @@ def collect_predictions(ctx, r: dict) -> dict:
         preds[f"{split}_lab_mask"] = t["lab_mask"].numpy()
         for name, key in (("ecgkt", "finetune"), ("signal_only", "signal_only"), ("control", "control_finetune")):
             if key in r:
-                m = stages.load_ecgkt(ctx, r[key])
+                m = final_model(ctx, r) if name == "ecgkt" else stages.load_ecgkt(ctx, r[key])
                 p = stages.predict_split(ctx, lambda x, b: _both(m, x), split)
                 preds[f"{split}_{name}"] = p["dx"]
                 if name == "ecgkt":

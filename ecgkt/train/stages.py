@@ -21,7 +21,7 @@ from .distributed import DistEnv, barrier
 from .engine import InjectedFailure, Preprocessed, fit, make_loader, param_groups
 
 STAGE_SEEDS = dict(pretrain=1, labs=2, finetune=3, signal_only=4, multimodal=5, control_pretrain=6,
-                   control_labs=7, control_finetune=8)
+                   control_labs=7, control_finetune=8, final_labs=9)
 
 
 @dataclasses.dataclass
@@ -207,7 +207,7 @@ def pretrain(ctx: Context, name: str = "pretrain", permute: bool = False) -> dic
 
         history = fit(model=model, groups=param_groups([(model, p["lr"])], p["weight_decay"]),
                       loss_fn=lambda net, b: pair_loss(net, b, loss_mod), loader=loader, validate=validate,
-                      **_fit_kwargs(ctx, name, p))
+                      select="val_loss", minimize=True, **_fit_kwargs(ctx, name, p))
         return dict(state=_cpu_state(model), history=history, permuted=permute)
 
     return _run_stage(ctx, name, train)
@@ -217,9 +217,9 @@ def _cpu_state(module: nn.Module) -> dict:
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
 
-def _encoder_state(contrastive_state: dict) -> dict:
-    prefix = "ecg_encoder."
-    return {k[len(prefix):]: v for k, v in contrastive_state.items() if k.startswith(prefix)}
+def _encoder_state(state: dict, prefix: str = "ecg_encoder.") -> dict:
+    """The ECG encoder's weights inside a stage-1 (prefix "ecg_encoder.") or ECGKTModel ("encoder.") state."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def new_ecgkt_model(ctx: Context, encoder_state: dict | None = None) -> ECGKTModel:
@@ -277,7 +277,8 @@ def train_labs(ctx: Context, encoder_state: dict, name: str = "labs") -> dict:
                                lab_mask=train_tab["lab_mask"])
             val_h = embed(ctx, model.encoder, ctx.val)
             model.encoder.requires_grad_(False)
-            loader = make_loader(train_rows, s["batch_size"], env, seed=ctx.seed(name), shuffle=True)
+            loader = make_loader(train_rows, s["batch_size"], DistEnv(device=env.device), seed=ctx.seed(name),
+                                 shuffle=True)
             groups = param_groups([(model.lab_head, s["lr"])], s["weight_decay"])
             model.dx_head.requires_grad_(False)
 
@@ -314,7 +315,7 @@ def train_labs(ctx: Context, encoder_state: dict, name: str = "labs") -> dict:
                 mdl.encoder.eval()
 
         history = fit(model=model, groups=groups, loss_fn=loss_fn, loader=loader, validate=validate,
-                      select="val_lab_macro_auroc", set_train_mode=keep_encoder_eval,
+                      select="val_lab_macro_auroc", set_train_mode=keep_encoder_eval, ddp=not frozen,
                       **_fit_kwargs(ctx, name, s))
         return dict(encoder=_cpu_state(model.encoder), lab_head=_cpu_state(model.lab_head), history=history)
 
