@@ -141,16 +141,23 @@ if HAS_OPS:
     torch.library.register_autograd("ecgkt::siglip_block", _siglip_backward, setup_context=_siglip_setup)
 
     def _register_cuda() -> None:
-        """CUDA kernels: Triton when it is installed, else the (materialised) reference."""
+        """CUDA kernels: Triton where it supports the inputs, else the (materialised) reference."""
         try:
             from ..kernels import contrastive as triton_kernels
         except ImportError:
             triton_kernels = None
+
+        def kernel(op):
+            def run(a, *args):
+                if triton_kernels is not None and triton_kernels.supports(a):
+                    return getattr(triton_kernels, op)(a, *args)
+                return _REFERENCE[op](a, *args)  # float64, or an embedding too wide for one tile
+
+            return run
+
         for op in _OPS:
-            if _extension.has_kernel(op, "CUDA"):
-                continue  # a compiled CUDA kernel wins
-            impl = getattr(triton_kernels, op) if triton_kernels is not None else _REFERENCE[op]
-            torch.library.register_kernel(f"ecgkt::{op}", "cuda", impl)
+            if not _extension.has_kernel(op, "CUDA"):  # a compiled CUDA kernel would win
+                torch.library.register_kernel(f"ecgkt::{op}", "cuda", kernel(op))
 
     _register_cuda()
 
