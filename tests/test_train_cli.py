@@ -36,6 +36,10 @@ def test_pipeline_cli_resume_gives_same_results(tmp_path, capsys):
     assert main(_cmd(tmp_path / "b") + ["--data", store]) == 0
     resumed = json.loads((tmp_path / "b/results.json").read_text())
     assert resumed == full
+    # `ecgkt evaluate` on a finished run (its recorded configuration) recomputes the same results
+    (tmp_path / "b/results.json").unlink()
+    assert main(["evaluate", "--out", str(tmp_path / "b"), "--data", store, "--no-progress"]) == 0
+    assert json.loads((tmp_path / "b/results.json").read_text()) == full
     from ecgkt import ECGKTModel
 
     model = ECGKTModel.from_pretrained(tmp_path / "b/model")
