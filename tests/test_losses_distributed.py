@@ -1,4 +1,4 @@
-"""Distributed contrastive losses: 2 processes, gloo on CPU. Every rank's loss must equal the
+"""Distributed contrastive losses: 2 and 3 processes, gloo on CPU. Every rank's loss must equal the
 single-process loss of the global batch, and the gradients the data-parallel share of its
 gradient (what DistributedDataParallel averages back into the full-batch gradient)."""
 import os
@@ -9,8 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-WORLD = 2
-LOCAL = 37  # odd local batch: global batch 74
+LOCAL = 37  # odd local batch
 DIM = 48
 
 
@@ -20,10 +19,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _global_inputs(dtype):
+def _global_inputs(world, dtype):
     g = torch.Generator().manual_seed(7)
-    ecg = torch.randn(WORLD * LOCAL, DIM, generator=g, dtype=torch.float64)
-    clin = ecg + torch.randn(WORLD * LOCAL, DIM, generator=g, dtype=torch.float64)
+    ecg = torch.randn(world * LOCAL, DIM, generator=g, dtype=torch.float64)
+    clin = ecg + torch.randn(world * LOCAL, DIM, generator=g, dtype=torch.float64)
     return ecg.to(dtype), clin.to(dtype), torch.tensor(12.5), torch.tensor(-6.0)
 
 
@@ -42,17 +41,17 @@ def _check(name, got, ref, rel):
     assert err <= bound, f"{name}: max error {err:.3g} > {bound:.3g}"
 
 
-def _worker(rank, port):
+def _worker(rank, world, port, dtypes):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
     try:
         from ecgkt import losses
 
-        for dtype, rel in ((torch.float32, 2e-5), (torch.bfloat16, 3e-2)):
-            _compare_modes(rank, losses, dtype, rel)
+        for dtype in dtypes:
+            _compare_modes(rank, world, losses, dtype, {torch.float32: 2e-5, torch.bfloat16: 3e-2}[dtype])
         # unequal local batches are refused with a clear error on every rank
-        ecg, clin, s, _ = _global_inputs(torch.float32)
+        ecg, clin, s, _ = _global_inputs(world, torch.float32)
         n = LOCAL + rank
         with pytest.raises(Exception, match="same local batch size"):
             losses.clip_loss(ecg[:n], clin[:n], s, distributed="ring")
@@ -60,8 +59,8 @@ def _worker(rank, port):
         dist.destroy_process_group()
 
 
-def _compare_modes(rank, losses, dtype, rel):
-    ecg, clin, s, t = _global_inputs(dtype)
+def _compare_modes(rank, world, losses, dtype, rel):
+    ecg, clin, s, t = _global_inputs(world, dtype)
     rows = slice(rank * LOCAL, (rank + 1) * LOCAL)
     for kind in ("clip", "siglip"):
         ref_loss, ref_grads = _reference(kind, ecg, clin, s, t)
@@ -75,15 +74,20 @@ def _compare_modes(rank, losses, dtype, rel):
             what = f"rank {rank} {kind} {mode}"
             _check(f"{what} loss", loss, ref_loss, rel)
             # local rows: world_size x the full-batch gradient (DDP divides by world_size)
-            _check(f"{what} grad ecg", inputs[0].grad, WORLD * ref_grads[0][rows], rel)
-            _check(f"{what} grad clin", inputs[1].grad, WORLD * ref_grads[1][rows], rel)
+            _check(f"{what} grad ecg", inputs[0].grad, world * ref_grads[0][rows], rel)
+            _check(f"{what} grad clin", inputs[1].grad, world * ref_grads[1][rows], rel)
             # replicated scalars: the mean over ranks is the full-batch gradient
             for i, name in ((2, "logit_scale"), (3, "logit_bias"))[: len(inputs) - 2]:
                 mean = inputs[i].grad.detach().clone()
                 dist.all_reduce(mean)
-                _check(f"{what} grad {name}", mean / WORLD, ref_grads[i], rel)
+                _check(f"{what} grad {name}", mean / world, ref_grads[i], rel)
 
 
 def test_gather_and_ring_equal_the_full_batch_loss():
-    """float32 and bfloat16, CLIP and SigLIP, gather and ring, in one pair of processes."""
-    mp.spawn(_worker, args=(_free_port(),), nprocs=WORLD, join=True)
+    """2 ranks: float32 and bfloat16, CLIP and SigLIP, gather and ring."""
+    mp.spawn(_worker, args=(2, _free_port(), (torch.float32, torch.bfloat16)), nprocs=2, join=True)
+
+
+def test_three_rank_ring_equals_the_full_batch_loss():
+    """3 ranks: the next and previous ranks differ, and blocks make 3 hops."""
+    mp.spawn(_worker, args=(3, _free_port(), (torch.float32,)), nprocs=3, join=True)
