@@ -140,18 +140,23 @@ if HAS_OPS:
     torch.library.register_autograd("ecgkt::clip_block_lse", _clip_backward, setup_context=_clip_setup)
     torch.library.register_autograd("ecgkt::siglip_block", _siglip_backward, setup_context=_siglip_setup)
 
-    def _register_cuda() -> None:
-        """CUDA kernels: Triton where it supports the inputs, else the (materialised) reference."""
+    def _triton_kernels():
+        """The Triton module, imported on first CUDA use (importing triton is slow); None without it."""
         try:
             from ..kernels import contrastive as triton_kernels
         except ImportError:
-            triton_kernels = None
+            return None
+        return triton_kernels
+
+    def _register_cuda() -> None:
+        """CUDA kernels: Triton where it supports the inputs, else the (materialised) reference."""
 
         def kernel(op):
             def run(a, *args):
+                triton_kernels = _triton_kernels()
                 if triton_kernels is not None and triton_kernels.supports(a):
                     return getattr(triton_kernels, op)(a, *args)
-                return _REFERENCE[op](a, *args)  # float64, or an embedding too wide for one tile
+                return _REFERENCE[op](a, *args)  # no triton, float64, or an embedding too wide for one tile
 
             return run
 
