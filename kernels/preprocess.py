@@ -136,6 +136,18 @@ def _slot_to_index(v, ACC_F64: tl.constexpr):
 
 
 @triton.jit
+def _load_converted(x_rows, t, m, gain, base, ACC: tl.constexpr, IS_INT16: tl.constexpr):
+    """Samples t of the block's rows in mV, and which of them are invalid (-32768 or NaN/inf)."""
+    raw = tl.load(x_rows[None, :] + t[:, None], mask=m, other=0)
+    v = (raw.to(ACC) - base[None, :]) / gain[None, :]
+    if IS_INT16:
+        bad = (raw == -32768) & m
+    else:
+        bad = ((v != v) | (tl.abs(v) == float("inf"))) & m
+    return v, bad
+
+
+@triton.jit
 def _preprocess_kernel(
     x_ptr, gain_ptr, base_ptr, tab_ptr, fir_ptr, work_ptr, out_ptr, flags_ptr,
     N, T, P, T_ext, T_out, S, K, up, down, half, max_taps,
@@ -159,12 +171,7 @@ def _preprocess_kernel(
     for t0 in range(0, T, BT):
         t = t0 + tt
         m = (t < T)[:, None] & row_ok[None, :]
-        raw = tl.load(x_rows[None, :] + t[:, None], mask=m, other=0)
-        v = (raw.to(ACC) - base[None, :]) / gain[None, :]
-        if IS_INT16:
-            bad = (raw == -32768) & m
-        else:
-            bad = ((v != v) | (tl.abs(v) == float("inf"))) & m
+        v, bad = _load_converted(x_rows, t, m, gain, base, ACC, IS_INT16)
         good = m & ~bad
         n_bad += tl.sum(bad.to(tl.int32), axis=0)
         lo = tl.minimum(lo, tl.min(tl.where(good, v, float("inf")), axis=0))
@@ -179,12 +186,7 @@ def _preprocess_kernel(
         for i0 in range(0, T, BT):
             t = T - 1 - (i0 + tt)
             m = (t >= 0)[:, None] & row_ok[None, :]
-            raw = tl.load(x_rows[None, :] + t[:, None], mask=m, other=0)
-            v = (raw.to(ACC) - base[None, :]) / gain[None, :]
-            if IS_INT16:
-                bad = (raw == -32768) & m
-            else:
-                bad = ((v != v) | (tl.abs(v) == float("inf"))) & m
+            v, bad = _load_converted(x_rows, t, m, gain, base, ACC, IS_INT16)
             key = tl.where(m & ~bad, t[:, None], T)
             nxt = tl.minimum(tl.associative_scan(key, 0, _min_combine), next_carry[None, :])
             next_carry = tl.minimum(next_carry, tl.min(key, axis=0))
@@ -195,12 +197,7 @@ def _preprocess_kernel(
         for t0 in range(0, T, BT):
             t = t0 + tt
             m = (t < T)[:, None] & row_ok[None, :]
-            raw = tl.load(x_rows[None, :] + t[:, None], mask=m, other=0)
-            v = (raw.to(ACC) - base[None, :]) / gain[None, :]
-            if IS_INT16:
-                bad = (raw == -32768) & m
-            else:
-                bad = ((v != v) | (tl.abs(v) == float("inf"))) & m
+            v, bad = _load_converted(x_rows, t, m, gain, base, ACC, IS_INT16)
             key = tl.where(m & ~bad, t[:, None], -1)
             prv = tl.maximum(tl.associative_scan(key, 0, _max_combine), prev_carry[None, :])
             prev_carry = tl.maximum(prev_carry, tl.max(key, axis=0))
