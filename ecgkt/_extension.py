@@ -51,7 +51,12 @@ def _load() -> None:
 
 def has_kernel(op: str, dispatch_key: str) -> bool:
     """Whether ``ecgkt::<op>`` has a compiled kernel for ``dispatch_key`` ("CPU", "CUDA")."""
-    return available and torch._C._dispatch_has_kernel_for_dispatch_key(f"ecgkt::{op}", dispatch_key)
+    if not available:
+        return False
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(f"ecgkt::{op}", dispatch_key)
+    except RuntimeError:  # no schema for that op in this build
+        return False
 
 
 _warned = False
