@@ -85,14 +85,8 @@ _REFERENCE = {
 # ----------------------------------------------------------------------------------------------
 # Registered ops: fake kernels, autograd, CUDA (Triton) kernels
 # ----------------------------------------------------------------------------------------------
-def _registered() -> bool:
-    try:
-        return all(_extension.has_kernel(op, "CPU") for op in _OPS)
-    except RuntimeError:  # an extension built before these ops existed
-        return False
-
-
-HAS_OPS = _registered()
+# False when the extension is missing or was built before these ops existed
+HAS_OPS = all(_extension.has_kernel(op, "CPU") for op in _OPS)
 
 
 def _fake_rows(a):
