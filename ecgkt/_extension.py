@@ -30,12 +30,8 @@ def _load() -> None:
             build_info = json.load(f)
     except OSError:
         build_info = {}
-    built = build_info.get("torch")
-    if built is not None and built != torch.__version__:
-        reason = (
-            f"ecgkt._C was built for torch {built} (CUDA {build_info.get('cuda')}) but torch "
-            f"{torch.__version__} (CUDA {torch.version.cuda}) is running; {REBUILD_HINT}"
-        )
+    reason = mismatch(build_info, torch.__version__, torch.version.cuda)
+    if reason:
         return
     try:
         from . import _C  # noqa: F401  (registers torch.ops.ecgkt.*)
@@ -47,6 +43,17 @@ def _load() -> None:
         return
     available = True
     reason = ""
+
+
+def mismatch(info: dict, torch_version: str, cuda_version: str | None) -> str:
+    """Why an extension built as ``info`` (ecgkt/_build_info.json) cannot load here ('' when it can)."""
+    built = info.get("torch")
+    if built is None or built == torch_version:
+        return ""
+    return (
+        f"ecgkt._C was built for torch {built} (CUDA {info.get('cuda')}) but torch {torch_version} "
+        f"(CUDA {cuda_version}) is running; {REBUILD_HINT}"
+    )
 
 
 def has_kernel(op: str, dispatch_key: str) -> bool:
