@@ -281,8 +281,9 @@ def build_cohort(ecg_root, clinical_root=None, config: CohortConfig | None = Non
         tab_names += [f"vital_{v}" for v in VITALS]
         table = _add_biometrics(table, clinical_root, cfg)
         tab_names += [f"omr_{b}" for b in BIOMETRICS]
-        dx_icd, linked = _icd_labels(table, clinical_root, cfg)
-        table["dx_linked"] = linked
+        dx_icd, linked, ed_linked = _icd_labels(table, clinical_root, cfg)
+        table["dx_linked"] = linked  # inside a hospital admission or an ED stay: diagnosis labels exist
+        table["dx_ed_linked"] = ed_linked  # inside an ED stay (the MDS-ED-like headline subset)
 
     dx = pd.concat([dx_icd, statements], axis=1)
     counts = dx.sum(axis=0)
@@ -437,11 +438,13 @@ def _add_biometrics(table, root, cfg):
 
 
 def _icd_labels(table, root, cfg):
-    """ICD-10 labels of the hospital admission and ED stay each ECG falls in."""
+    """ICD-10 labels of the hospital admission and ED stay each ECG falls in; also whether the ECG lies in any
+    stay, and in an ED stay."""
     margin = pd.Timedelta(minutes=cfg.dx_margin_min)
     ecgs = table[["subject_id", "ecg_time"]].assign(_row=np.arange(len(table)))
     linked_codes = []
     linked = np.zeros(len(table), dtype=bool)
+    ed_linked = np.zeros(len(table), dtype=bool)
     sources = [("hosp/admissions.csv.gz", "hosp/diagnoses_icd.csv.gz", "hadm_id", "admittime", "dischtime"),
                ("ed/edstays.csv.gz", "ed/diagnosis.csv.gz", "stay_id", "intime", "outtime")]
     for stays_rel, dx_rel, key, start, end in sources:
@@ -455,22 +458,24 @@ def _icd_labels(table, root, cfg):
         hit = ecgs.merge(stays, on="subject_id")
         hit = hit[(hit["ecg_time"] >= hit[start] - margin) & (hit["ecg_time"] <= hit[end])]
         linked[hit["_row"].to_numpy()] = True
+        if key == "stay_id":
+            ed_linked[hit["_row"].to_numpy()] = True
         dx = dx[dx["icd_version"] == 10][[key, "icd_code"]]
         codes = hit[["_row", key]].merge(dx, on=key)[["_row", "icd_code"]]
         linked_codes.append(codes)
     labels = pd.DataFrame(index=table.index)
     if not linked_codes:
-        return labels, linked
+        return labels, linked, ed_linked
     codes = pd.concat(linked_codes, ignore_index=True)
     long = icd_prefix_pairs(codes["_row"], codes["icd_code"], cfg.icd_min_length, cfg.icd_max_length)
     counts = long["name"].value_counts()
     names = sorted(counts.index[counts >= cfg.dx_min_count])  # thresholded before densifying
     if not names:
-        return labels, linked
+        return labels, linked, ed_linked
     long = long[long["name"].isin(names)]
     dense = np.zeros((len(table), len(names)), dtype=np.float32)
     dense[long["row"].to_numpy(), pd.Index(names).get_indexer(long["name"])] = 1.0
-    return pd.DataFrame(dense, index=table.index, columns=names), linked
+    return pd.DataFrame(dense, index=table.index, columns=names), linked, ed_linked
 
 
 def _select_labels(table, names, cfg):

@@ -88,7 +88,7 @@ def lab_bars(labs: dict, path) -> Path:
     w = 0.8 / len(sources)
     fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(tests) + 2), 4))
     for i, s in enumerate(sources):
-        vals = [labs[s]["per_test_auroc"][t] for t in tests]
+        vals = [np.nan if labs[s]["per_test_auroc"][t] is None else labs[s]["per_test_auroc"][t] for t in tests]
         bars = ax.bar(x + i * w - 0.4 + w / 2, vals, w, label=s)
         for b, t in zip(bars, tests):
             if t in NEGATIVE_CONTROL_LABS:

@@ -100,6 +100,80 @@ def compute(preds: dict, dx_names, lab_label_names, n_boot: int = 1000, ci: floa
     return res
 
 
+def compute_run(preds: dict, dx_names, lab_label_names, cfg: dict, extra: dict | None = None) -> dict:
+    """The results of a pipeline run: the paper's comparison (100 % labels) on the headline subset and the
+    protocol's eligible labels, the label-efficiency analysis, lab summaries, the pre-registered hypotheses
+    and the protocol itself. Strict JSON: non-finite numbers become null."""
+    from . import label_efficiency as le_mod
+
+    e, p = cfg["evaluate"], cfg["protocol"]
+    extra = extra or {}
+    dx_names = list(dx_names)
+    headline = np.asarray(extra.get("test_ed", np.ones(len(preds["test_dx_y"]), dtype=bool)), dtype=bool)
+    if p.get("headline_subset", "ed") != "ed" or headline.sum() == 0:
+        headline = np.ones(len(preds["test_dx_y"]), dtype=bool)
+    le = None
+    if extra.get("sweep"):
+        le = le_mod.analyse(extra["sweep"], np.asarray(preds["test_dx_y"]), headline, dx_names,
+                            np.asarray(extra["y_all"]), bool(extra.get("synthetic")), int(p["min_test_positives"]),
+                            int(e["bootstrap"]), float(e["ci"]), int(e["seed"]))
+        keep = [dx_names.index(n) for n in le["labels"]["eligible"]
+                if le["labels"]["groups"] and n not in le["labels"]["groups"].get("symptom", [])]
+    else:
+        keep = list(range(len(dx_names)))
+    paper = {k: v for k, v in preds.items() if not (k.startswith("test_") and not k.startswith("test_lab"))
+             and not k.startswith("val_")}
+    for k, v in preds.items():
+        if k.startswith("val_") and not k.startswith("val_lab"):
+            paper[k] = np.asarray(v)[:, keep]
+        elif k.startswith("test_") and not k.startswith("test_lab"):
+            paper[k] = np.asarray(v)[headline][:, keep]
+    res = compute(paper, [dx_names[j] for j in keep], lab_label_names, int(e["bootstrap"]), float(e["ci"]),
+                  int(e["seed"]), int(e.get("lab_min_positives", 10)))
+    res["seed"] = cfg["seed"]
+    res["config"] = {**cfg, "runtime": {**cfg["runtime"], "fail_after": None}}
+    res["protocol"] = dict(document="docs/protocol.md", claim=le_mod.CLAIM, hypotheses=le_mod.HYPOTHESES,
+                           fractions=p["fractions"], replicates=p["replicates"], replicates_full=p["replicates_full"],
+                           finetune_arms=p["finetune_arms"], probe_arms=p["probe_arms"],
+                           headline_subset=p.get("headline_subset", "ed"), dx_cohort=p.get("dx_cohort", "linked"),
+                           min_test_positives=p["min_test_positives"],
+                           finetune_budget=dict(min_steps=cfg["finetune"]["min_steps"],
+                                                epochs=cfg["finetune"]["epochs"], rounds=cfg["finetune"]["rounds"],
+                                                batch_size=cfg["finetune"]["batch_size"]),
+                           probe_l2=p["probe_l2"])
+    if le is not None:
+        t = np.asarray(preds["test_lab_y"])
+        sources = {arm: v for arm, v in extra.get("lab_probes", {}).items()}
+        if "test_lab_ecgkt" in preds:
+            sources["final model"] = preds["test_lab_ecgkt"]
+        tests = sorted({n.rsplit("_", 1)[0] for n in lab_label_names})
+        labs = (le_mod.lab_summary(sources, t, np.asarray(preds["test_lab_mask"]), list(lab_label_names),
+                                   le_mod.lab_test_groups(tests, bool(extra.get("synthetic"))),
+                                   int(e.get("lab_min_positives", 10))) if sources and len(lab_label_names) else None)
+        res["label_efficiency"] = le["rows"]
+        res["label_efficiency_comparisons"] = le["comparisons"]
+        res["ceilings"] = le["ceilings"]
+        res["label_metadata"] = le["labels"]
+        res["lab_probes"] = labs
+        res["hypotheses"] = le_mod.hypotheses(le, labs)
+    return strict(res)
+
+
+def strict(obj):
+    """A copy with every non-finite float replaced by None (strict JSON has no NaN)."""
+    if isinstance(obj, dict):
+        return {k: strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.ndarray):
+        return strict(obj.tolist())
+    return obj
+
+
 def verdict(res: dict) -> list[str]:
     """Plain-language reading of the numbers, including when the control says the gain is not transfer."""
     c, lines = res["comparisons"], []
@@ -116,9 +190,9 @@ def verdict(res: dict) -> list[str]:
     if mm and mm["diff"] <= 0:
         lines.append("The multimodal model does not beat signal-only, so gap bridged is undefined.")
     g, gc = c.get("gap_bridged_ecgkt"), c.get("gap_bridged_control")
-    if g:
+    if g and np.isfinite(g["value"]):
         lines.append(f"Gap bridged by ecgkt: {100 * g['value']:.1f}% (target >= 30%).")
-    if gc:
+    if gc and np.isfinite(gc["value"]):
         lines.append(f"Gap bridged by the permuted control: {100 * gc['value']:.1f}% (should be <= 5%).")
     cc = c.get("control_minus_signal_only")
     if cc and e:
@@ -141,8 +215,12 @@ def verdict(res: dict) -> list[str]:
     return lines
 
 
+def _n(v, spec=".3f") -> str:
+    return "n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else format(v, spec)
+
+
 def _fmt(m: dict) -> str:
-    return f"{m['value']:.3f} [{m['ci'][0]:.3f}, {m['ci'][1]:.3f}]"
+    return f"{_n(m['value'])} [{_n(m['ci'][0])}, {_n(m['ci'][1])}]"
 
 
 def markdown(res: dict, lab_label_names=None) -> str:
@@ -160,28 +238,34 @@ def markdown(res: dict, lab_label_names=None) -> str:
         for k, v in c.items():
             val = v.get("diff", v.get("value"))
             pct = k.startswith("gap_bridged")
-            f = (lambda x: f"{100 * x:.1f}%") if pct else (lambda x: f"{x:+.4f}")
+            f = (lambda x: "n/a" if x is None else f"{100 * x:.1f}%") if pct else (lambda x: _n(x, "+.4f"))
             lines.append(f"| {k.replace('_', ' ')} | {f(val)} | {f(v['ci'][0])} to {f(v['ci'][1])} |")
     names = res["dx_names"]
     lines += ["", "### Per-label AUROC", "", "| label | test positives | " + " | ".join(res["dx"]) + " |",
               "|---" * (2 + len(res["dx"])) + "|"]
     for n in names:
         lines.append(f"| {n} | {res['dx_positives_test'][n]} | "
-                     + " | ".join(f"{res['dx'][m]['per_label_auroc'][n]:.3f}" for m in res["dx"]) + " |")
+                     + " | ".join(_n(res['dx'][m]['per_label_auroc'][n]) for m in res["dx"]) + " |")
     if res.get("labs"):
         srcs = list(res["labs"])
         tests = list(next(iter(res["labs"].values()))["per_test_auroc"])
         lines += ["", "## Lab abnormalities from the ECG (the explanation), AUROC per test", "",
                   "| test | " + " | ".join(srcs) + " |", "|---" * (1 + len(srcs)) + "|"]
         for t in tests:
-            if all(not np.isfinite(res["labs"][s]["per_test_auroc"][t]) for s in srcs):
+            if all(_n(res["labs"][s]["per_test_auroc"][t]) == "n/a" for s in srcs):
                 continue
             mark = " (negative control)" if t in NEGATIVE_CONTROL_LABS else ""
-            lines.append(f"| {t}{mark} | " + " | ".join(f"{res['labs'][s]['per_test_auroc'][t]:.3f}" for s in srcs) + " |")
+            lines.append(f"| {t}{mark} | " + " | ".join(_n(res['labs'][s]['per_test_auroc'][t]) for s in srcs) + " |")
         lines.append(f"| **macro ({len(res['labs'][srcs[0]]['labels_in_macro'])} labels)** | " + " | ".join(_fmt(res["labs"][s]["macro_auroc"]) for s in srcs) + " |")
         lines.append("| macro without negative controls | "
-                     + " | ".join(f"{res['labs'][s]['macro_auroc_without_negative_controls']:.3f}" for s in srcs) + " |")
-    lines += ["", "## Reading", ""] + [f"- {v}" for v in res["verdict"]]
+                     + " | ".join(_n(res['labs'][s]['macro_auroc_without_negative_controls']) for s in srcs) + " |")
+    if res.get("label_efficiency"):
+        from . import label_efficiency as le_mod
+
+        le = dict(rows=res["label_efficiency"], comparisons=res["label_efficiency_comparisons"],
+                  ceilings=res["ceilings"], labels=res["label_metadata"])
+        lines += [""] + le_mod.markdown(le, res["hypotheses"], res.get("lab_probes"))
+    lines += ["", "## Reading (the paper's comparison, 100 % labels)", ""] + [f"- {v}" for v in res["verdict"]]
     return "\n".join(lines) + "\n"
 
 
@@ -190,18 +274,21 @@ def table(res: dict) -> str:
     rows = [f"{'model':<30} {'diagnosis macro AUROC [95% CI]':<34} {'macro AUPRC':<12}"]
     for m, r in res["dx"].items():
         a = r["macro_auroc"]
-        rows.append(f"{MODEL_TITLES.get(m, m):<30} {a['value']:.3f} [{a['ci'][0]:.3f}, {a['ci'][1]:.3f}]{'':<15} "
-                    f"{r['macro_auprc']['value']:.3f}")
+        rows.append(f"{MODEL_TITLES.get(m, m):<30} {_fmt(a):<34} {_n(r['macro_auprc']['value'])}")
     c = res["comparisons"]
     for k in ("ecgkt_minus_signal_only", "control_minus_signal_only"):
         if k in c:
-            rows.append(f"{k.replace('_', ' '):<30} {c[k]['diff']:+.4f} [{c[k]['ci'][0]:+.4f}, {c[k]['ci'][1]:+.4f}]")
+            rows.append(f"{k.replace('_', ' '):<30} {_n(c[k]['diff'], '+.4f')} [{_n(c[k]['ci'][0], '+.4f')}, "
+                        f"{_n(c[k]['ci'][1], '+.4f')}]")
     for k in ("gap_bridged_ecgkt", "gap_bridged_control"):
         if k in c:
-            rows.append(f"{k.replace('_', ' '):<30} {100 * c[k]['value']:.1f}%")
+            rows.append(f"{k.replace('_', ' '):<30} " + ("n/a" if c[k]["value"] is None else f"{100 * c[k]['value']:.1f}%"))
     labs = res.get("labs", {}).get("ecgkt")
     if labs:
         rows.append("lab AUROC (final model): " + ", ".join(f"{t} {v:.3f}" for t, v in labs["per_test_auroc"].items()
-                                                            if np.isfinite(v)))
+                                                            if v is not None and np.isfinite(v)))
         rows.append(f"lab macro AUROC: {_fmt(labs['macro_auroc'])}")
+    for h in res.get("hypotheses", []):
+        ev = f" ({h['evaluation']})" if h.get("evaluation") else ""
+        rows.append(f"{h['id']}{ev}: {h['verdict']} -- {h['evidence']}")
     return "\n".join(rows + [""] + res["verdict"])

@@ -3,7 +3,8 @@ from .encoders import (ECG_ENCODER_SIZES, ECGEncoder, LinearHead, ProjectionHead
                        TabularNormalizer)
 from .model import (STANDARD_LEADS, ContrastiveModel, ECGKTModel, ECGPreprocessor, MultimodalModel,
                     Prediction)
+from .ssl import ECGViewsModel
 
 __all__ = ["ECG_ENCODER_SIZES", "ECGEncoder", "LinearHead", "ProjectionHead", "TabularEncoder",
            "TabularNormalizer", "STANDARD_LEADS", "ContrastiveModel", "ECGKTModel", "ECGPreprocessor",
-           "MultimodalModel", "Prediction"]
+           "MultimodalModel", "Prediction", "ECGViewsModel"]

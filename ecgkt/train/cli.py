@@ -44,6 +44,8 @@ def add_cli(subparsers) -> None:
     _common(p)
     p.add_argument("--permuted", action="store_true",
                    help="the control: tabular rows permuted across patients (writes RUN/stages/control_pretrain)")
+    p.add_argument("--ssl", action="store_true",
+                   help="the ECG-only self-supervised baseline: two views of each ECG (writes RUN/stages/ssl_pretrain)")
     p.set_defaults(func=cmd_pretrain)
 
     p = subparsers.add_parser("train-labs", formatter_class=fmt, help="stage 2: lab abnormalities from the ECG embedding",
@@ -57,12 +59,16 @@ def add_cli(subparsers) -> None:
     _common(p)
     p.set_defaults(func=cmd_finetune)
 
-    p = subparsers.add_parser("baseline", formatter_class=fmt, help="train a baseline: signal-only, multimodal or control",
+    p = subparsers.add_parser("baseline", formatter_class=fmt,
+                              help="train a baseline at 100 % labels: signal-only, multimodal, control or ssl",
                               description="signal-only: the same ECG encoder trained on diagnoses from scratch.\n"
                                           "multimodal: ECG + tabular encoders fused (tabular data needed at inference).\n"
-                                          "control: stages 1-3 with stage 1's tabular rows permuted across patients.\n\n"
-                                          + CONFIG_HELP)
-    p.add_argument("kind", choices=["signal-only", "multimodal", "control"])
+                                          "control: stage 1 with the tabular rows permuted across patients, then\n"
+                                          "  fine-tuning.\n"
+                                          "ssl: ECG-only self-supervised stage 1 (two views of each ECG), then fine-tuning.\n"
+                                          "`ecgkt pipeline` runs these at every label fraction of the protocol\n"
+                                          "(docs/protocol.md).\n\n" + CONFIG_HELP)
+    p.add_argument("kind", choices=list(BASELINE_JOBS))
     _common(p)
     p.set_defaults(func=cmd_baseline)
 
@@ -98,13 +104,14 @@ def _context(args):
     return ctx
 
 
-def _need(ctx, name: str, command: str):
-    from . import checkpoint
+def _run_jobs(ctx, names, workers=None):
+    """Runs the named jobs of the plan and whatever they depend on (finished ones are loaded)."""
+    from . import pipeline, plan, runner
 
-    path = ctx.stage_dir(name) / "result.pt"
-    if not path.is_file():
-        raise ECGKTError(f"{ctx.run_dir}: stage {name} has not run yet; run `ecgkt {command} --out {ctx.run_dir}` first")
-    return checkpoint.load(path)
+    jobs = plan.closure(plan.build(ctx.cfg), names)
+    runner.run(ctx, jobs, workers or pipeline._workers(ctx.cfg, ctx.env),
+               log=print if ctx.env.is_main else (lambda *a: None))
+    return pipeline.load_results(ctx, jobs)
 
 
 def cmd_pipeline(args) -> int:
@@ -122,68 +129,50 @@ def cmd_pipeline(args) -> int:
 
 
 def cmd_pretrain(args) -> int:
-    from . import stages
-
     ctx = _context(args)
-    name = "control_pretrain" if args.permuted else "pretrain"
-    stages.pretrain(ctx, name, permute=args.permuted)
+    name = "control_pretrain" if args.permuted else ("ssl_pretrain" if args.ssl else "pretrain")
+    _run_jobs(ctx, [name])
     print(f"stage 1 done: {ctx.stage_dir(name)}")
     return 0
 
 
 def cmd_train_labs(args) -> int:
-    from . import stages
-
     ctx = _context(args)
-    pre = _need(ctx, "pretrain", "pretrain")
-    r = stages.train_labs(ctx, stages._encoder_state(pre["state"]), "labs")
+    r = _run_jobs(ctx, ["labs"])["labs"]
     best = max(h["val_lab_macro_auroc"] for h in r["history"])
     print(f"stage 2 done: {ctx.stage_dir('labs')} (validation lab macro AUROC {best:.3f})")
     return 0
 
 
 def cmd_finetune(args) -> int:
-    from . import pipeline, stages
+    from . import pipeline
 
     ctx = _context(args)
-    labs = _need(ctx, "labs", "train-labs")
-    r = {"finetune": stages.finetune(ctx, "finetune", labs["encoder"], labs["lab_head"]),
-         "pretrain": _need(ctx, "pretrain", "pretrain")}
-    r["final_labs"] = stages.train_labs(ctx, stages._encoder_state(r["finetune"]["state"], "encoder."), "final_labs")
+    r = _run_jobs(ctx, ["final_labs"])
     if ctx.env.is_main:
         print(f"stage 3 done; final model: {pipeline.save_final_model(ctx, r)}")
     return 0
 
 
-def cmd_baseline(args) -> int:
-    from . import stages
+BASELINE_JOBS = {"signal-only": ["signal_only"], "multimodal": ["multimodal"], "control": ["control_finetune"],
+                 "ssl": ["ssl_finetune"]}
 
+
+def cmd_baseline(args) -> int:
     ctx = _context(args)
-    if args.kind == "signal-only":
-        stages.finetune(ctx, "signal_only")
-    elif args.kind == "multimodal":
-        stages.multimodal(ctx, "multimodal")
-    else:
-        pre = stages.pretrain(ctx, "control_pretrain", permute=True)
-        labs = stages.train_labs(ctx, stages._encoder_state(pre["state"]), "control_labs")
-        stages.finetune(ctx, "control_finetune", labs["encoder"], labs["lab_head"])
+    _run_jobs(ctx, BASELINE_JOBS[args.kind])
     print(f"baseline {args.kind} done: {ctx.run_dir / 'stages'}")
     return 0
 
 
 def cmd_evaluate(args) -> int:
     from ..evaluate import report
-    from . import checkpoint, pipeline
+    from . import pipeline, plan
 
     ctx = _context(args)
     if not ctx.env.is_main:
         return 0
-    r = {}
-    for name in ("pretrain", "labs", "finetune", "final_labs", "signal_only", "multimodal", "control_pretrain", "control_labs",
-                 "control_finetune"):
-        path = ctx.stage_dir(name) / "result.pt"
-        if path.is_file():
-            r[name] = checkpoint.load(path)
+    r = pipeline.load_results(ctx, plan.build(ctx.cfg))
     if "finetune" not in r and "signal_only" not in r:
         raise ECGKTError(f"{ctx.run_dir}: no trained diagnosis model to evaluate (run finetune or baseline first)")
     res = pipeline.evaluate_run(ctx, r)

@@ -5,7 +5,9 @@ Resume is exact because every source of randomness is re-derived from (seed, epo
 shuffle (DistributedSampler.set_epoch) and torch's generator (dropout) are re-seeded at each epoch start."""
 from __future__ import annotations
 
+import dataclasses
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -34,14 +36,16 @@ class Preprocessed:
         self.crop = int(round(crop_seconds * out_fs)) if crop_seconds else None
         self._store: dict[int, torch.Tensor] = {}
 
-    def train_view(self, batch: dict, device: torch.device) -> torch.Tensor:
+    def train_view(self, batch: dict, device: torch.device, view: int = 0) -> torch.Tensor:
         """Training input: a random window of `crop_seconds` per ECG (augmentation, and cheaper steps).
         The offset is a hash of (study id, the epoch's seed), so it does not depend on how the batch is split
-        across ranks (DDP gives the same result as one process) and a resumed epoch repeats exactly."""
+        across ranks (DDP gives the same result as one process) and a resumed epoch repeats exactly.
+        `view` selects another independent window of the same ECG (two views for self-supervised training)."""
         x = self(batch, device)
         if self.crop is None or self.crop >= x.shape[-1]:
             return x
-        h = (batch["study_id"].long() * 0x9E3779B1 + (torch.initial_seed() % 2**31) * 0x85EBCA77) & 0x7FFFFFFF
+        h = (batch["study_id"].long() * 0x9E3779B1 + (torch.initial_seed() % 2**31) * 0x85EBCA77
+             + view * 0x27D4EB2F) & 0x7FFFFFFF
         h = h ^ (h >> 15)
         h = ((h * 0x2C1B3C6D) & 0x7FFFFFFF) ^ (h >> 12)
         starts = h % (x.shape[-1] - self.crop + 1)
@@ -78,6 +82,43 @@ def make_loader(dataset, batch_size: int, env: DistEnv, *, seed: int, shuffle: b
                       pin_memory=env.device.type == "cuda")
 
 
+class FixedStepSampler(torch.utils.data.Sampler):
+    """`steps` batches per epoch from a dataset of any size (smaller than a batch too): the global index
+    stream of epoch e is a chain of seeded permutations of the dataset; rank r takes its slice of every
+    global batch, so N ranks see exactly what one process with the whole batch sees."""
+
+    def __init__(self, n: int, steps: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.n, self.steps, self.batch, self.seed = int(n), int(steps), int(batch_size), int(seed)
+        self.rank, self.world = rank, world_size
+        self.per_rank = self.batch // self.world
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.steps * self.per_rank
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        need = self.steps * self.batch
+        stream = torch.cat([torch.randperm(self.n, generator=g) for _ in range(-(-need // self.n))])[:need]
+        mine = stream.view(self.steps, self.world, self.per_rank)[:, self.rank].reshape(-1)
+        return iter(mine.tolist())
+
+
+def fixed_step_loader(dataset, batch_size: int, env: DistEnv, *, seed: int, steps: int, num_workers: int = 0):
+    """A training loader of exactly `steps` global batches per epoch (the fine-tuning step budget)."""
+    if batch_size % env.world_size:
+        raise ECGKTError(f"batch size {batch_size} is not divisible by the world size {env.world_size}")
+    if len(dataset) == 0:
+        raise ECGKTError("the labelled training subset is empty")
+    sampler = FixedStepSampler(len(dataset), steps, batch_size, seed, env.rank, env.world_size)
+    return DataLoader(dataset, batch_size=batch_size // env.world_size, sampler=sampler, drop_last=True,
+                      num_workers=num_workers, persistent_workers=num_workers > 0,
+                      pin_memory=env.device.type == "cuda")
+
+
 def param_groups(modules_lrs, weight_decay: float):
     """[(module, lr), ...] -> AdamW groups; no weight decay on biases and norm parameters."""
     groups = []
@@ -105,31 +146,63 @@ def autocast(env: DistEnv, amp: str):
     return torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def fit(*, name: str, stage_dir, env: DistEnv, model: nn.Module, groups, loss_fn: Callable, loader,
-        epochs: int, warmup_epochs: float, seed: int, amp: str = "auto", validate: Callable | None = None,
-        select: str | None = None, minimize: bool = False, fail_after: str | None = None, log_every: int = 20,
-        progress: bool = True, set_train_mode: Callable | None = None, ddp: bool = True) -> list[dict]:
-    """Trains `model` for `epochs` epochs, resuming from `stage_dir/checkpoint.pt` when present.
+@dataclasses.dataclass
+class Task:
+    """What one training stage optimises: the model, its parameter groups, the loss of a batch and the
+    validation that picks the kept epoch.
 
-    loss_fn(net, batch) -> scalar loss, where net is `model` (wrapped in DDP when distributed).
-    validate(model) -> dict of metrics (every rank computes it on the whole validation split).
-    select: metric name to maximise (minimise with minimize=True); the best epoch's weights are restored at
-    the end.
-    ddp=False: every rank trains the same replica on the same (unsharded) data, e.g. a head on precomputed
-    embeddings, where splitting the work is not worth a collective per step.
-    Returns the per-epoch history."""
-    stage_dir = Path(stage_dir)
+    loss(net, batch) -> scalar, where net is `model` (wrapped in DDP when distributed);
+    validate(model) -> dict of metrics (every rank computes it on the whole validation split);
+    select: the metric to maximise (minimise with minimize=True); the best epoch's weights are restored;
+    train_mode(model): called after model.train() each epoch (e.g. keep a frozen encoder in eval mode);
+    ddp=False: every rank trains the same replica on the same data (a head on precomputed embeddings)."""
+
+    name: str
+    model: nn.Module
+    groups: list
+    loss: Callable
+    validate: Callable | None = None
+    select: str | None = None
+    minimize: bool = False
+    train_mode: Callable | None = None
+    ddp: bool = True
+
+
+@dataclasses.dataclass
+class Schedule:
+    """Where and how long a task trains: its checkpoint folder, epochs, warm-up, seed and run settings."""
+
+    stage_dir: Path
+    env: DistEnv
+    epochs: int
+    warmup_epochs: float = 0.0
+    seed: int = 0
+    amp: str = "auto"
+    fail_after: str | None = None
+    log_every: int = 20
+    progress: bool = True
+
+
+def _show_progress(progress: bool, env: DistEnv) -> bool:
+    return bool(progress and env.is_main and sys.stderr.isatty())
+
+
+def fit(task: Task, loader, sch: Schedule) -> list[dict]:
+    """Trains `task.model` for `sch.epochs` epochs, resuming from `stage_dir/checkpoint.pt` when present.
+    Returns the per-epoch history (the selected epoch marked)."""
+    stage_dir = Path(sch.stage_dir)
     ckpt_path = stage_dir / "checkpoint.pt"
+    model, env, name = task.model, sch.env, task.name
     net = model
-    if env.distributed and ddp:
+    if env.distributed and task.ddp:
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
-    optim = torch.optim.AdamW(groups)
+    optim = torch.optim.AdamW(task.groups)
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
         raise ECGKTError(f"{name}: the training split is smaller than one batch")
     sched = torch.optim.lr_scheduler.LambdaLR(
-        optim, warmup_cosine(epochs * steps_per_epoch, int(warmup_epochs * steps_per_epoch)))
+        optim, warmup_cosine(sch.epochs * steps_per_epoch, int(sch.warmup_epochs * steps_per_epoch)))
     history, best, start = [], None, 0
     if ckpt_path.is_file():
         state = checkpoint.load(ckpt_path)
@@ -137,38 +210,38 @@ def fit(*, name: str, stage_dir, env: DistEnv, model: nn.Module, groups, loss_fn
         optim.load_state_dict(state["optim"])
         sched.load_state_dict(state["sched"])
         history, best, start = state["history"], state["best"], state["epoch"]
-    for epoch in range(start, epochs):
-        torch.manual_seed(seed * 100_003 + epoch)
-        if isinstance(loader.sampler, DistributedSampler):
+    for epoch in range(start, sch.epochs):
+        torch.manual_seed(sch.seed * 100_003 + epoch)
+        if hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
         model.train()
-        if set_train_mode is not None:
-            set_train_mode(model)
-        t0, total, count = time.time(), 0.0, 0
-        bar = tqdm(loader, desc=f"{name} {epoch + 1}/{epochs}", leave=False, disable=not (progress and env.is_main),
-                   dynamic_ncols=True)
+        if task.train_mode is not None:
+            task.train_mode(model)
+        t0, count = time.time(), 0
+        total = torch.zeros((), dtype=torch.float64, device=env.device)  # on device: no sync per step
+        bar = tqdm(loader, desc=f"{name} {epoch + 1}/{sch.epochs}", leave=False,
+                   disable=not _show_progress(sch.progress, env), dynamic_ncols=True)
         for step, batch in enumerate(bar):
-            with autocast(env, amp):
-                loss = loss_fn(net, batch)
-            if not torch.isfinite(loss):
-                raise ECGKTError(f"{name}: the loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; "
-                                 f"lower the learning rate")
+            with autocast(env, sch.amp):
+                loss = task.loss(net, batch)
             optim.zero_grad(set_to_none=True)
             loss.backward()
             optim.step()
             sched.step()
-            total += float(loss.detach())
+            total += loss.detach().double()
             count += 1
-            if step % max(1, log_every) == 0:
-                bar.set_postfix(loss=f"{total / count:.4f}")
-        record = dict(epoch=epoch + 1, train_loss=mean_across(env, total / count), seconds=time.time() - t0,
+            if step % max(1, sch.log_every) == 0:  # the finiteness check syncs: only every log_every steps
+                _check_finite(total, name, epoch, step)
+                bar.set_postfix(loss=f"{float(total) / count:.4f}")
+        _check_finite(total, name, epoch, count - 1)
+        record = dict(epoch=epoch + 1, train_loss=mean_across(env, float(total) / count), seconds=time.time() - t0,
                       samples=count * loader.batch_size * env.world_size, lr=sched.get_last_lr()[0])
-        if validate is not None:
+        if task.validate is not None:
             model.eval()
-            record.update(validate(model))
+            record.update(task.validate(model))
         history.append(record)
-        score = -record[select] if (select is not None and minimize) else record.get(select)
-        if select is not None and (best is None or score > best["score"]):
+        score = -record[task.select] if (task.select is not None and task.minimize) else record.get(task.select)
+        if task.select is not None and (best is None or score > best["score"]):
             best = dict(score=score, epoch=epoch + 1,
                         state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
         if env.is_main:
@@ -178,10 +251,16 @@ def fit(*, name: str, stage_dir, env: DistEnv, model: nn.Module, groups, loss_fn
             tqdm.write(f"[{name}] " + " ".join(f"{k}={v}" for k, v in shown.items()))
         if env.distributed:
             torch.distributed.barrier()
-        if fail_after == f"{name}@{epoch + 1}":
+        if sch.fail_after == f"{name}@{epoch + 1}":
             raise InjectedFailure(f"injected failure after {name} epoch {epoch + 1} (runtime.fail_after)")
     if best is not None:
         model.load_state_dict(best["state"])
         for record in history:
             record["selected"] = record["epoch"] == best["epoch"]
     return history
+
+
+def _check_finite(total, name, epoch, step):
+    if not torch.isfinite(total):
+        raise ECGKTError(f"{name}: the loss became {float(total)} by epoch {epoch + 1} step {step + 1}; "
+                         f"lower the learning rate")

@@ -1,17 +1,18 @@
-"""`ecgkt pipeline`: data -> stage 1 -> 2 -> 3 -> signal-only -> multimodal -> control -> evaluation.
+"""`ecgkt pipeline`: data -> the jobs of the plan (stage 1 of each pre-training arm, stage 2, fine-tuning of
+every arm at every label fraction, the linear probes) -> evaluation (docs/protocol.md).
 
 Everything lands in the run folder:
 
     RUN/config.yaml        the resolved configuration (seed included)
     RUN/data/              the synthetic dataset and its signal store (when no --data was given)
-    RUN/stages/<stage>/    checkpoint.pt (per epoch) and result.pt (stage finished), atomic
+    RUN/stages/<job>/      checkpoint.pt (per epoch) and result.pt (job finished), atomic
     RUN/model/             the final ECG-only model (ECGKTModel.save_pretrained)
-    RUN/predictions.npz    validation/test probabilities of every model
+    RUN/predictions.npz    validation/test probabilities of the paper's comparison (100 % labels)
     RUN/results.json, RUN/results.md, RUN/plots/*.png
 
-Rerunning the same command resumes: finished stages are loaded, an interrupted stage continues from its last
+Rerunning the same command resumes: finished jobs are loaded, an interrupted job continues from its last
 epoch checkpoint, and the final results equal those of an uninterrupted run (every random choice is derived
-from the seed, the stage and the epoch)."""
+from the seed and the job's name)."""
 from __future__ import annotations
 
 import time
@@ -20,13 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from tqdm.auto import tqdm
 
 from ..errors import ECGKTError
-from . import checkpoint, config as config_mod, distributed, stages
+from ..evaluate import oracle
+from . import checkpoint, config as config_mod, distributed, plan, runner, stages
 
 # Keys that may change between a run and its resumption without changing its results.
-_RESUME_FREE = {("runtime", "fail_after"), ("runtime", "log_every"), ("runtime", "threads"),
+_RESUME_FREE = {("runtime", "fail_after"), ("runtime", "log_every"), ("runtime", "threads"), ("runtime", "jobs"),
                 ("data", "num_workers"), ("runtime", "device")}
 
 
@@ -87,53 +88,39 @@ def run(cfg: dict, run_dir, data_dir=None, progress: bool = True) -> dict | None
     """Runs the whole pipeline; returns the results dict on rank 0 (None on other ranks)."""
     t0 = time.time()
     _set_threads(cfg)
+    jobs = plan.build(cfg)
     env = distributed.init(cfg["runtime"]["device"])
     run_dir = setup_run(cfg, run_dir, env)
     store = ensure_store(cfg, run_dir, data_dir, env, progress)
     ctx = stages.build_context(cfg, env, run_dir, store)
     ctx.progress = progress
     if env.is_main:
-        print(f"data: {len(ctx.train)} train / {len(ctx.val)} validation / {len(ctx.test)} test ECGs, "
+        print(f"data: {len(ctx.train)} train / {len(ctx.val)} validation / {len(ctx.test)} test ECGs "
+              f"({len(ctx.dx_rows('train'))} / {len(ctx.dx_rows('val'))} / {len(ctx.dx_rows('test'))} in a stay), "
               f"{len(ctx.tab_names)} tabular features, {len(ctx.lab_label_names)} lab labels, "
-              f"{len(ctx.dx_names)} diagnoses; device {env.device}, world size {env.world_size}")
-    results = train_all(ctx, progress)
+              f"{len(ctx.dx_names)} diagnoses; device {env.device}, world size {env.world_size}; "
+              f"{len(jobs)} jobs, {_workers(cfg, env)} at a time")
+    runner.run(ctx, jobs, _workers(cfg, env), log=print if env.is_main else (lambda *a: None))
     if not env.is_main:
         return None
-    out = evaluate_run(ctx, results)
-    timing = dict(total_seconds=time.time() - t0)
-    checkpoint.save_json(timing, run_dir / "timing.json")
+    print("evaluating (bootstrap over test ECGs)")
+    out = evaluate_run(ctx, load_results(ctx, jobs))
+    checkpoint.save_json(dict(total_seconds=time.time() - t0), run_dir / "timing.json")
     return out
 
 
-def train_all(ctx, progress: bool = True) -> dict:
-    plan = ["pretrain", "labs", "finetune", "final_labs", "signal_only", "multimodal"]
-    if ctx.cfg["control"]["enabled"]:
-        plan += ["control_pretrain", "control_labs", "control_finetune"]
-    bar = tqdm(total=len(plan), desc="pipeline", disable=not (progress and ctx.env.is_main), position=0)
-    r = {}
+def _workers(cfg, env) -> int:
+    return 1 if env.distributed else max(1, int(cfg["runtime"].get("jobs") or 1))
 
-    def step(name, fn):
-        bar.set_description(f"pipeline: {name}")
-        r[name] = fn()
-        bar.update(1)
 
-    step("pretrain", lambda: stages.pretrain(ctx, "pretrain"))
-    step("labs", lambda: stages.train_labs(ctx, stages._encoder_state(r["pretrain"]["state"]), "labs"))
-    step("finetune", lambda: stages.finetune(ctx, "finetune", r["labs"]["encoder"], r["labs"]["lab_head"]))
-    # stage 3 fine-tuned the encoder: fit the explanation head again on the final encoder (frozen), so the
-    # final model's lab probabilities come from the embedding it actually computes
-    step("final_labs", lambda: stages.train_labs(ctx, stages._encoder_state(r["finetune"]["state"], "encoder."),
-                                                 "final_labs"))
-    step("signal_only", lambda: stages.finetune(ctx, "signal_only"))
-    step("multimodal", lambda: stages.multimodal(ctx, "multimodal"))
-    if ctx.cfg["control"]["enabled"]:
-        step("control_pretrain", lambda: stages.pretrain(ctx, "control_pretrain", permute=True))
-        step("control_labs", lambda: stages.train_labs(
-            ctx, stages._encoder_state(r["control_pretrain"]["state"]), "control_labs"))
-        step("control_finetune", lambda: stages.finetune(
-            ctx, "control_finetune", r["control_labs"]["encoder"], r["control_labs"]["lab_head"]))
-    bar.close()
-    return r
+def load_results(ctx, jobs) -> dict:
+    """The results of the plan's finished jobs, by name."""
+    out = {}
+    for job in jobs:
+        path = ctx.stage_dir(job.name) / "result.pt"
+        if path.is_file():
+            out[job.name] = checkpoint.load(path)
+    return out
 
 
 def final_model(ctx, r: dict):
@@ -156,38 +143,50 @@ def save_final_model(ctx, r: dict) -> Path:
     return model.save_pretrained(ctx.run_dir / "model")
 
 
+PAPER_MODELS = dict(ecgkt="finetune", signal_only="signal_only", multimodal="multimodal", control="control_finetune")
+
+
 def collect_predictions(ctx, r: dict) -> dict:
+    """Validation/test probabilities of the paper's comparison (100 % labels, replicate 0) on the diagnosis
+    cohort, and lab probabilities of the final model and of stage 2 on every validation/test ECG."""
     preds = {}
     for split in ("val", "test"):
+        preds[f"{split}_dx_y"] = np.asarray(ctx.dx_split(split).dx_y)
         t = ctx.tables(split)
-        preds[f"{split}_dx_y"] = t["dx_y"].numpy()
         preds[f"{split}_lab_y"] = t["lab_y"].numpy()
         preds[f"{split}_lab_mask"] = t["lab_mask"].numpy()
-        for name, key in (("ecgkt", "finetune"), ("signal_only", "signal_only"), ("control", "control_finetune")):
+        for name, key in PAPER_MODELS.items():
             if key in r:
-                m = final_model(ctx, r) if name == "ecgkt" else stages.load_ecgkt(ctx, r[key])
-                p = stages.predict_split(ctx, lambda x, b: _both(m, x), split)
-                preds[f"{split}_{name}"] = p["dx"]
-                if name == "ecgkt":
-                    preds[f"{split}_lab_ecgkt"] = p["lab"]
-        if "multimodal" in r:
-            mm = stages.load_multimodal(ctx, r["multimodal"])
-            preds[f"{split}_multimodal"] = stages.predict_split(
-                ctx, lambda x, b: dict(dx=mm(x, b["tab"].to(ctx.env.device), b["tab_mask"].to(ctx.env.device))),
-                split)["dx"]
-        for name, key in (("stage2", "labs"), ("control_stage2", "control_labs")):
-            if key in r:
-                m = stages.new_ecgkt_model(ctx, r[key]["encoder"])
-                m.lab_head.load_state_dict(r[key]["lab_head"])
-                m.to(ctx.env.device).eval()
-                preds[f"{split}_lab_{name}"] = stages.predict_split(
-                    ctx, lambda x, b: dict(lab=m(x)["lab_logits"]), split)["lab"]
+                preds[f"{split}_{name}"] = r[key]["pred"][split].numpy()
+        if "finetune" in r:
+            m = final_model(ctx, r)
+            preds[f"{split}_lab_ecgkt"] = stages.predict_split(ctx, lambda x, b: dict(lab=m(x)["lab_logits"]),
+                                                               split)["lab"]
+        if "labs" in r:
+            m = stages.new_ecgkt_model(ctx, r["labs"]["encoder"])
+            m.lab_head.load_state_dict(r["labs"]["lab_head"])
+            m.to(ctx.env.device).eval()
+            preds[f"{split}_lab_stage2"] = stages.predict_split(ctx, lambda x, b: dict(lab=m(x)["lab_logits"]),
+                                                                split)["lab"]
     return preds
 
 
-def _both(model, x):
-    out = model(x)
-    return dict(dx=out["dx_logits"], lab=out["lab_logits"])
+def sweep_rows(ctx, r: dict) -> list[dict]:
+    """Every (fraction, replicate, arm, evaluation) of the plan that has a result, with its test
+    probabilities on the diagnosis cohort."""
+    rows = []
+    for job in plan.build(ctx.cfg):
+        res = r.get(job.name)
+        if res is None:
+            continue
+        if job.kind == "finetune":
+            rows.append(dict(fraction=job.fraction, replicate=job.replicate, arm=job.arm, evaluation="finetune",
+                             n_labelled=res.get("n_labelled"), test=res["pred"]["test"].numpy()))
+        elif job.kind == "probe" and res.get("available"):
+            for v in res["dx"].values():
+                rows.append(dict(fraction=v["fraction"], replicate=v["replicate"], arm=job.arm, evaluation="probe",
+                                 n_labelled=v["n_labelled"], test=v["test"].numpy()))
+    return rows
 
 
 def evaluate_run(ctx, r: dict) -> dict:
@@ -196,20 +195,22 @@ def evaluate_run(ctx, r: dict) -> dict:
         save_final_model(ctx, r)
     preds = collect_predictions(ctx, r)
     np.savez(run_dir / "predictions.npz", **preds)
-    histories = {k: v.get("history", []) for k, v in r.items()}
+    histories = {k: v.get("history", []) for k, v in r.items() if isinstance(v, dict) and v.get("history")}
     checkpoint.save_json(histories, run_dir / "histories.json")
-    return write_results(run_dir, preds, histories, ctx.dx_names, ctx.lab_label_names, ctx.cfg)
+    extra = dict(sweep=sweep_rows(ctx, r), test_ed=ctx.flags("test")["ed"][ctx.dx_rows("test")],
+                 y_all=np.concatenate([np.asarray(ctx.dx_split(s).dx_y) for s in ("train", "val", "test")]),
+                 synthetic=oracle.truth_path(ctx.store_dir) is not None,
+                 lab_probes={res["arm"]: res["lab"]["test"].numpy() for res in r.values()
+                             if isinstance(res, dict) and res.get("available") and res.get("lab") is not None})
+    return write_results(run_dir, preds, histories, ctx.dx_names, ctx.lab_label_names, ctx.cfg, extra)
 
 
-def write_results(run_dir, preds: dict, histories: dict, dx_names, lab_label_names, cfg: dict) -> dict:
+def write_results(run_dir, preds: dict, histories: dict, dx_names, lab_label_names, cfg: dict,
+                  extra: dict | None = None) -> dict:
     from ..evaluate import plots, report
 
     run_dir = Path(run_dir)
-    e = cfg["evaluate"]
-    res = report.compute(preds, dx_names, lab_label_names, int(e["bootstrap"]), float(e["ci"]), int(e["seed"]),
-                         int(e.get("lab_min_positives", 10)))
-    res["seed"] = cfg["seed"]
-    res["config"] = {**cfg, "runtime": {**cfg["runtime"], "fail_after": None}}
+    res = report.compute_run(preds, dx_names, lab_label_names, cfg, extra)
     checkpoint.save_json(res, run_dir / "results.json")
     (run_dir / "results.md").write_text(report.markdown(res))
     plot_dir = run_dir / "plots"
@@ -219,4 +220,8 @@ def write_results(run_dir, preds: dict, histories: dict, dx_names, lab_label_nam
     plots.roc_curves(np.asarray(preds["test_dx_y"]), probs, dx_names, plot_dir / "roc_curves.png")
     if res["labs"]:
         plots.lab_bars(res["labs"], plot_dir / "lab_auroc.png")
+    if res.get("label_efficiency"):
+        from ..evaluate import label_efficiency
+
+        label_efficiency.plot(res, plot_dir / "label_efficiency.png")
     return res

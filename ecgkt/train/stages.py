@@ -1,32 +1,55 @@
-"""The three stages of the method, both baselines and the permuted-tabular control.
+"""The jobs of the experiment (ecgkt/train/plan.py lists them): stage 1 for each pre-training arm (ecgkt,
+the permuted-pairs control, the ECG-only SSL baseline), stage 2 (lab abnormalities), fine-tuning of every arm
+at every label fraction, the multimodal reference, and the linear probes.
 
-Every stage runs through `_run_stage`: when its folder already holds `result.pt`, the stage is done and its
+Every job runs through `_run_stage`: when its folder already holds `result.pt`, the job is done and its
 result is loaded instead of retrained; otherwise it trains (resuming from its own checkpoint) and writes
-`result.pt` atomically. A killed pipeline therefore resumes at the stage and epoch where it stopped."""
+`result.pt` atomically. A killed pipeline therefore resumes at the job and epoch where it stopped.
+Fine-tuning and probe results carry their validation and test probabilities, so evaluation needs no model."""
 from __future__ import annotations
 
 import dataclasses
+import math
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from ..errors import ECGKTError
-from ..models import ContrastiveModel, ECGEncoder, ECGKTModel, ECGPreprocessor, MultimodalModel
-from . import checkpoint
+from ..models import ContrastiveModel, ECGEncoder, ECGKTModel, ECGPreprocessor, ECGViewsModel, MultimodalModel
+from . import checkpoint, plan
 from .distributed import DistEnv, barrier
-from .engine import InjectedFailure, Preprocessed, fit, make_loader, param_groups
+from .engine import (InjectedFailure, Preprocessed, Schedule, Task, fit, fixed_step_loader, make_loader,
+                     param_groups)
 
 STAGE_SEEDS = dict(pretrain=1, labs=2, finetune=3, signal_only=4, multimodal=5, control_pretrain=6,
-                   control_labs=7, control_finetune=8, final_labs=9)
+                   control_labs=7, control_finetune=8, final_labs=9, ssl_pretrain=10, ssl_finetune=11)
+
+
+class RowSubset(Dataset):
+    """Some rows of a dataset, with the same in-memory table attributes (tab, dx_y, ...) sliced alike."""
+
+    def __init__(self, base, idx):
+        self.base, self.idx = base, np.asarray(idx, dtype=np.int64)
+        for attr in ("fs", "leads", "tab_names", "lab_tests", "lab_label_names", "dx_names"):
+            setattr(self, attr, getattr(base, attr))
+        for attr in _TABLE_KEYS + ("subject_id",):
+            if hasattr(base, attr):
+                setattr(self, attr, np.asarray(getattr(base, attr))[self.idx])
+
+    def __len__(self):
+        return len(self.idx)
+
+    def __getitem__(self, i):
+        return self.base[int(self.idx[i])]
 
 
 @dataclasses.dataclass
 class Context:
-    """Everything a stage needs: resolved config, process group, the three splits and shared caches."""
+    """Everything a job needs: resolved config, process group, the three splits and shared caches."""
 
     cfg: dict
     env: DistEnv
@@ -41,20 +64,68 @@ class Context:
     lab_tests: list
     lab_label_names: list
     dx_names: list
+    store_dir: Path | None = None
     progress: bool = True
     _tables: dict = dataclasses.field(default_factory=dict)
+    _cache: dict = dataclasses.field(default_factory=dict)
 
     def stage_dir(self, name: str) -> Path:
         return self.run_dir / "stages" / name
 
     def seed(self, name: str) -> int:
-        return int(self.cfg["seed"]) * 1000 + STAGE_SEEDS.get(name, 99)
+        own = STAGE_SEEDS.get(name, 100 + zlib.crc32(name.encode()) % 900)
+        return int(self.cfg["seed"]) * 1000 + own
 
     def tables(self, split: str) -> dict:
         """The non-signal arrays of a split (tab, tab_mask, lab_y, lab_mask, dx_y, study_id), in item order."""
         if split not in self._tables:
             self._tables[split] = collect_tables(getattr(self, split))
         return self._tables[split]
+
+    # --- cohorts (docs/protocol.md) ------------------------------------------------------------
+    def flags(self, split: str) -> dict:
+        """Per item of a split: `linked` (inside a hospital or ED stay: diagnosis labels exist) and `ed`
+        (inside an ED stay). Datasets without that information count every ECG as linked and ED."""
+        key = ("flags", split)
+        if key not in self._cache:
+            ds = getattr(self, split)
+            n = len(ds)
+            linked, ed = np.ones(n, dtype=bool), np.ones(n, dtype=bool)
+            cohort = getattr(getattr(ds, "store", None), "cohort", None)
+            if cohort is not None and "dx_linked" in cohort.columns:
+                linked = cohort["dx_linked"].to_numpy(dtype=bool)[ds.rows]
+                ed = (cohort["dx_ed_linked"].to_numpy(dtype=bool)[ds.rows] if "dx_ed_linked" in cohort.columns
+                      else linked.copy())
+            if self.cfg["protocol"].get("dx_cohort", "linked") == "all":
+                linked = np.ones(n, dtype=bool)
+            self._cache[key] = dict(linked=linked, ed=ed & linked)
+        return self._cache[key]
+
+    def dx_rows(self, split: str) -> np.ndarray:
+        """Items of a split in the diagnosis cohort (stay-linked ECGs)."""
+        return np.flatnonzero(self.flags(split)["linked"])
+
+    def dx_split(self, split: str) -> Dataset:
+        key = ("dx_split", split)
+        if key not in self._cache:
+            self._cache[key] = RowSubset(getattr(self, split), self.dx_rows(split))
+        return self._cache[key]
+
+    def labelled_rows(self, fraction: float, replicate: int) -> np.ndarray:
+        """Train items whose diagnosis labels a fraction keeps: nested, subject-level, seeded subsets.
+        Draw r is one permutation of the linked training subjects (seed 1000 + r); fraction f keeps the
+        first ceil(f * n) subjects of it, with all their linked ECGs."""
+        rows = self.dx_rows("train")
+        if fraction >= 1.0:
+            return rows
+        subjects = np.asarray(self.train.subject_id)[rows]
+        uniq = np.unique(subjects)
+        order = np.random.default_rng(1000 + int(replicate)).permutation(uniq)
+        keep = order[: max(1, math.ceil(fraction * len(uniq)))]
+        return rows[np.isin(subjects, keep)]
+
+    def labelled(self, fraction: float, replicate: int) -> Dataset:
+        return RowSubset(self.train, self.labelled_rows(fraction, replicate))
 
 
 def build_context(cfg: dict, env: DistEnv, run_dir, store_dir) -> Context:
@@ -67,7 +138,9 @@ def build_context(cfg: dict, env: DistEnv, run_dir, store_dir) -> Context:
         test = ECGDataset(store_dir, folds=d["test_folds"])
     except FileNotFoundError as e:
         raise ECGKTError(f"{store_dir}: not a prepared ecgkt signal store ({e})") from None
-    return context_from_datasets(cfg, env, run_dir, train, val, test)
+    ctx = context_from_datasets(cfg, env, run_dir, train, val, test)
+    ctx.store_dir = Path(store_dir)
+    return ctx
 
 
 def context_from_datasets(cfg, env, run_dir, train, val, test) -> Context:
@@ -92,11 +165,12 @@ _TABLE_KEYS = ("tab", "tab_mask", "lab_y", "lab_mask", "dx_y", "study_id")
 def collect_tables(dataset) -> dict:
     """Stacks the non-signal fields of every item (used to fit tabular normalisation on the training fold
     and for the permuted control)."""
+    keys = _TABLE_KEYS + (("subject_id",) if hasattr(dataset, "subject_id") else ())
     if all(hasattr(dataset, k) for k in _TABLE_KEYS):  # ECGDataset keeps them in memory
-        return {k: torch.as_tensor(np.asarray(getattr(dataset, k))) for k in _TABLE_KEYS}
-    out = {k: [] for k in _TABLE_KEYS}
+        return {k: torch.as_tensor(np.asarray(getattr(dataset, k))) for k in keys}
+    out = {k: [] for k in _TABLE_KEYS + ("subject_id",)}
     for batch in DataLoader(dataset, batch_size=256, shuffle=False):
-        for k in _TABLE_KEYS:
+        for k in out:
             out[k].append(torch.as_tensor(batch[k]))
     return {k: torch.cat(v) for k, v in out.items()}
 
@@ -147,11 +221,12 @@ def _maybe_compile(cfg, module: nn.Module) -> None:
         module.compile()
 
 
-def _fit_kwargs(ctx: Context, name: str, stage_cfg: dict) -> dict:
+def _schedule(ctx: Context, name: str, stage_cfg: dict, epochs: int | None = None) -> Schedule:
     rt = ctx.cfg["runtime"]
-    return dict(name=name, stage_dir=ctx.stage_dir(name), env=ctx.env, epochs=int(stage_cfg["epochs"]),
-                warmup_epochs=float(stage_cfg.get("warmup_epochs", 0)), seed=ctx.seed(name), amp=rt["amp"],
-                fail_after=rt.get("fail_after"), log_every=rt.get("log_every", 20), progress=ctx.progress)
+    return Schedule(stage_dir=ctx.stage_dir(name), env=ctx.env,
+                    epochs=int(stage_cfg["epochs"] if epochs is None else epochs),
+                    warmup_epochs=float(stage_cfg.get("warmup_epochs", 0)), seed=ctx.seed(name), amp=rt["amp"],
+                    fail_after=rt.get("fail_after"), log_every=rt.get("log_every", 20), progress=ctx.progress)
 
 
 def contrastive_loss(cfg: dict, env: DistEnv):
@@ -168,8 +243,13 @@ def contrastive_loss(cfg: dict, env: DistEnv):
     raise ECGKTError(f"pretrain.loss must be 'clip' or 'siglip', got {p['loss']!r}")
 
 
+def _scale(model) -> torch.Tensor:
+    return model.logit_scale.clamp(max=float(np.log(100.0))).exp()
+
+
 def pretrain(ctx: Context, name: str = "pretrain", permute: bool = False) -> dict:
-    """Stage 1: joint-embedding pre-training of the ECG encoder against the tabular encoder."""
+    """Stage 1: joint-embedding pre-training of the ECG encoder against the tabular encoder, on the stage-1
+    pool (every train-fold ECG; validation and test subjects never enter). permute=True is the control."""
 
     def train():
         cfg, env, p, m = ctx.cfg, ctx.env, ctx.cfg["pretrain"], ctx.cfg["model"]
@@ -189,28 +269,71 @@ def pretrain(ctx: Context, name: str = "pretrain", permute: bool = False) -> dic
         def pair_loss(net, batch, loss_fn, train=True):
             x = ctx.prep.train_view(batch, env.device) if train else ctx.prep(batch, env.device)
             e, t = net(x, batch["tab"].to(env.device), batch["tab_mask"].to(env.device))
-            scale = model.logit_scale.clamp(max=float(np.log(100.0))).exp()
-            return loss_fn(e.float(), t.float(), scale, model.logit_bias)
+            return loss_fn(e.float(), t.float(), _scale(model), model.logit_bias)
 
-        local_loss = contrastive_loss({**cfg, "pretrain": p}, DistEnv())[0]
-
-        @torch.no_grad()
-        def validate(mdl):
-            # true pairs of the validation fold, single-process loss: comparable across runs and controls
-            losses_, n = 0.0, 0
-            for batch in make_loader(ctx.val, p["batch_size"], env, seed=0, shuffle=False):
-                if len(batch["study_id"]) < 2:
-                    continue
-                losses_ += float(pair_loss(mdl, batch, local_loss, train=False)) * len(batch["study_id"])
-                n += len(batch["study_id"])
-            return dict(val_loss=losses_ / max(n, 1))
-
-        history = fit(model=model, groups=param_groups([(model, p["lr"])], p["weight_decay"]),
-                      loss_fn=lambda net, b: pair_loss(net, b, loss_mod), loader=loader, validate=validate,
-                      select="val_loss", minimize=True, **_fit_kwargs(ctx, name, p))
+        local_loss = contrastive_loss(cfg, DistEnv())[0]
+        validate = _pair_validation(ctx, p["batch_size"], lambda mdl, b: pair_loss(mdl, b, local_loss, train=False))
+        task = Task(name, model, param_groups([(model, p["lr"])], p["weight_decay"]),
+                    loss=lambda net, b: pair_loss(net, b, loss_mod), validate=validate, select="val_loss",
+                    minimize=True)
+        history = fit(task, loader, _schedule(ctx, name, p))
         return dict(state=_cpu_state(model), history=history, permuted=permute)
 
     return _run_stage(ctx, name, train)
+
+
+def ssl_pretrain(ctx: Context, name: str = "ssl_pretrain") -> dict:
+    """The ECG-only self-supervised baseline: the same stage-1 recipe (pool, epochs, batch, learning rate,
+    fused loss), with a second augmented view of the same ECG in place of its tabular row."""
+    from ..models.ssl import augment
+
+    def train():
+        cfg, env, p, m = ctx.cfg, ctx.env, ctx.cfg["pretrain"], ctx.cfg["model"]
+        torch.manual_seed(ctx.seed(name))
+        model = ECGViewsModel(new_encoder(cfg), m["embed_dim"], p["temperature"])
+        loss_mod, uses_bias = contrastive_loss(cfg, env)
+        model.logit_bias.requires_grad_(uses_bias)
+        model.to(env.device)
+        _maybe_compile(cfg, model.ecg_encoder)
+        loader = make_loader(ctx.train, p["batch_size"], env, seed=ctx.seed(name), shuffle=True,
+                             num_workers=cfg["data"]["num_workers"])
+
+        def views_loss(net, batch, loss_fn, train=True):
+            if train:
+                a = augment(ctx.prep.train_view(batch, env.device, view=0))
+                b = augment(ctx.prep.train_view(batch, env.device, view=1))
+            else:  # deterministic validation views: the two halves of the record
+                x = ctx.prep(batch, env.device)
+                half = x.shape[-1] // 2
+                a, b = x[..., :half], x[..., half: 2 * half]
+            e1, e2 = net(a, b)
+            return loss_fn(e1.float(), e2.float(), _scale(model), model.logit_bias)
+
+        local_loss = contrastive_loss(cfg, DistEnv())[0]
+        validate = _pair_validation(ctx, p["batch_size"], lambda mdl, b: views_loss(mdl, b, local_loss, train=False))
+        task = Task(name, model, param_groups([(model, p["lr"])], p["weight_decay"]),
+                    loss=lambda net, b: views_loss(net, b, loss_mod), validate=validate, select="val_loss",
+                    minimize=True)
+        history = fit(task, loader, _schedule(ctx, name, p))
+        return dict(state=_cpu_state(model), history=history)
+
+    return _run_stage(ctx, name, train)
+
+
+def _pair_validation(ctx: Context, batch_size: int, batch_loss):
+    """Stage-1 validation: the single-process loss on validation-fold pairs (comparable across arms)."""
+
+    @torch.no_grad()
+    def validate(mdl):
+        total, n = 0.0, 0
+        for batch in make_loader(ctx.val, batch_size, ctx.env, seed=0, shuffle=False):
+            if len(batch["study_id"]) < 2:
+                continue
+            total += float(batch_loss(mdl, batch)) * len(batch["study_id"])
+            n += len(batch["study_id"])
+        return dict(val_loss=total / max(n, 1))
+
+    return validate
 
 
 def _cpu_state(module: nn.Module) -> dict:
@@ -220,6 +343,16 @@ def _cpu_state(module: nn.Module) -> dict:
 def _encoder_state(state: dict, prefix: str = "ecg_encoder.") -> dict:
     """The ECG encoder's weights inside a stage-1 (prefix "ecg_encoder.") or ECGKTModel ("encoder.") state."""
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def arm_encoder_state(ctx: Context, arm: str) -> dict | None:
+    """The initial encoder of a fine-tuning or probe arm: its stage-1 encoder; ecgkt's through stage 2
+    (unchanged there unless labs.encoder_lr > 0); None for the arms that start from random weights."""
+    if arm == "ecgkt":
+        return checkpoint.load(ctx.stage_dir("labs") / "result.pt")["encoder"]
+    if arm in plan.PRETRAIN_STAGE:
+        return _encoder_state(checkpoint.load(ctx.stage_dir(plan.PRETRAIN_STAGE[arm]) / "result.pt")["state"])
+    return None
 
 
 def new_ecgkt_model(ctx: Context, encoder_state: dict | None = None) -> ECGKTModel:
@@ -270,6 +403,7 @@ def train_labs(ctx: Context, encoder_state: dict, name: str = "labs") -> dict:
         model = new_ecgkt_model(ctx, encoder_state).to(env.device)
         frozen = float(s["encoder_lr"]) == 0.0
         val_tab = ctx.tables("val")
+        model.dx_head.requires_grad_(False)
         if frozen:
             # the encoder never changes: embed each ECG once, then train the head on the embeddings
             train_tab = ctx.tables("train")
@@ -280,7 +414,6 @@ def train_labs(ctx: Context, encoder_state: dict, name: str = "labs") -> dict:
             loader = make_loader(train_rows, s["batch_size"], DistEnv(device=env.device), seed=ctx.seed(name),
                                  shuffle=True)
             groups = param_groups([(model.lab_head, s["lr"])], s["weight_decay"])
-            model.dx_head.requires_grad_(False)
 
             def loss_fn(net, b):
                 return masked_bce(net.lab_head(b["h"].to(env.device)), b["lab_y"].to(env.device),
@@ -291,7 +424,6 @@ def train_labs(ctx: Context, encoder_state: dict, name: str = "labs") -> dict:
         else:
             loader = make_loader(ctx.train, s["batch_size"], env, seed=ctx.seed(name), shuffle=True,
                                  num_workers=cfg["data"]["num_workers"])
-            model.dx_head.requires_grad_(False)
             groups = param_groups([(model.encoder, s["encoder_lr"]), (model.lab_head, s["lr"])], s["weight_decay"])
 
             def loss_fn(net, b):
@@ -314,19 +446,20 @@ def train_labs(ctx: Context, encoder_state: dict, name: str = "labs") -> dict:
             if frozen:
                 mdl.encoder.eval()
 
-        history = fit(model=model, groups=groups, loss_fn=loss_fn, loader=loader, validate=validate,
-                      select="val_lab_macro_auroc", set_train_mode=keep_encoder_eval, ddp=not frozen,
-                      **_fit_kwargs(ctx, name, s))
+        task = Task(name, model, groups, loss=loss_fn, validate=validate, select="val_lab_macro_auroc",
+                    train_mode=keep_encoder_eval, ddp=not frozen)
+        history = fit(task, loader, _schedule(ctx, name, s))
         return dict(encoder=_cpu_state(model.encoder), lab_head=_cpu_state(model.lab_head), history=history)
 
     return _run_stage(ctx, name, train)
 
 
 @torch.no_grad()
-def predict_split(ctx: Context, forward, split: str) -> dict:
-    """forward(x, batch) -> dict of logits; returns probabilities and labels for a split."""
+def predict_split(ctx: Context, forward, split) -> dict:
+    """forward(x, batch) -> dict of logits; returns probabilities for a split (a name or a dataset)."""
+    dataset = getattr(ctx, split) if isinstance(split, str) else split
     probs = {}
-    for batch in make_loader(getattr(ctx, split), 256, ctx.env, seed=0, shuffle=False):
+    for batch in make_loader(dataset, 256, ctx.env, seed=0, shuffle=False):
         out = forward(ctx.prep(batch, ctx.env.device), batch)
         for k, v in out.items():
             probs.setdefault(k, []).append(torch.sigmoid(v.float()).cpu())
@@ -336,33 +469,59 @@ def predict_split(ctx: Context, forward, split: str) -> dict:
 def _dx_validate(ctx: Context, forward):
     from ..evaluate.metrics import macro_auroc
 
-    val = ctx.tables("val")
+    val = ctx.dx_split("val")
+    y = np.asarray(val.dx_y)
 
     @torch.no_grad()
     def validate(mdl):
         mdl.eval()
-        p = predict_split(ctx, lambda x, b: dict(dx=forward(mdl, x, b)), "val")["dx"]
-        y = val["dx_y"].numpy()
+        p = predict_split(ctx, lambda x, b: dict(dx=forward(mdl, x, b)), val)["dx"]
         return dict(val_dx_macro_auroc=macro_auroc(y, p))
 
     return validate
 
 
-def _dx_prior(ctx):
-    return ctx.tables("train")["dx_y"].float().mean(0)
+def _dx_predictions(ctx: Context, model, forward) -> dict:
+    """Diagnosis probabilities on the validation and test diagnosis cohorts (stored with the result)."""
+    model.eval()
+    return {split: torch.from_numpy(predict_split(ctx, lambda x, b: dict(dx=forward(model, x, b)),
+                                                  ctx.dx_split(split))["dx"]) for split in ("val", "test")}
+
+
+def finetune_steps(ctx: Context, n_labelled: int) -> tuple[int, int]:
+    """The fixed step budget of a fraction, the same for every arm: max(min_steps, epochs * n / batch),
+    split into `rounds` validation rounds -> (rounds, steps per round)."""
+    s = ctx.cfg["finetune"]
+    total = max(int(s["min_steps"]), math.ceil(float(s["epochs"]) * n_labelled / int(s["batch_size"])))
+    rounds = max(1, int(s["rounds"]))
+    return rounds, max(1, math.ceil(total / rounds))
+
+
+def _labelled_loader(ctx: Context, name: str, fraction: float, replicate: int):
+    s = ctx.cfg["finetune"]
+    data = ctx.labelled(fraction, replicate)
+    rounds, per_round = finetune_steps(ctx, len(data))
+    loader = fixed_step_loader(data, s["batch_size"], ctx.env, seed=ctx.seed(name), steps=per_round,
+                               num_workers=ctx.cfg["data"]["num_workers"])
+    return data, loader, rounds
+
+
+def _dx_prior(data) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(data.dx_y)).float().mean(0)
 
 
 def finetune(ctx: Context, name: str = "finetune", encoder_state: dict | None = None,
-             lab_head_state: dict | None = None) -> dict:
-    """Stage 3 (from a pre-trained encoder) or the signal-only baseline (encoder_state None: from scratch):
-    multi-label diagnosis from the ECG alone, encoder fine-tuned."""
+             lab_head_state: dict | None = None, fraction: float = 1.0, replicate: int = 0) -> dict:
+    """Diagnoses from the ECG alone, whole network trained, on the labelled subset of a fraction: stage 3
+    (from a pre-trained encoder) or the signal-only baseline (encoder_state None: from scratch)."""
 
     def train():
         cfg, env, s = ctx.cfg, ctx.env, ctx.cfg["finetune"]
         torch.manual_seed(ctx.seed(name))
+        data, loader, rounds = _labelled_loader(ctx, name, fraction, replicate)
         model = new_ecgkt_model(ctx, encoder_state)
         with torch.no_grad():
-            p = _dx_prior(ctx).clamp(1e-3, 1 - 1e-3)
+            p = _dx_prior(data).clamp(1e-3, 1 - 1e-3)
             model.dx_head.linear.bias.copy_(torch.log(p / (1 - p)))
         if lab_head_state is not None:
             model.lab_head.load_state_dict(lab_head_state)
@@ -373,8 +532,6 @@ def finetune(ctx: Context, name: str = "finetune", encoder_state: dict | None = 
         enc_lr = s["encoder_lr"] if encoder_state is not None else s["lr"]
         heads = [(model.dx_head, s["lr"])] + ([(model.lab_head, s["lr"])] if lab_w > 0 else [])
         groups = param_groups([(model.encoder, enc_lr)] + heads, s["weight_decay"])
-        loader = make_loader(ctx.train, s["batch_size"], env, seed=ctx.seed(name), shuffle=True,
-                             num_workers=cfg["data"]["num_workers"])
 
         def loss_fn(net, b):
             out = net(ctx.prep.train_view(b, env.device))
@@ -384,28 +541,31 @@ def finetune(ctx: Context, name: str = "finetune", encoder_state: dict | None = 
                                                  b["lab_mask"].to(env.device))
             return loss
 
-        history = fit(model=model, groups=groups, loss_fn=loss_fn, loader=loader,
-                      validate=_dx_validate(ctx, lambda mdl, x, b: mdl(x)["dx_logits"]),
-                      select="val_dx_macro_auroc", **_fit_kwargs(ctx, name, s))
-        return dict(model_config=model.config, state=_cpu_state(model), history=history)
+        def forward(mdl, x, b):
+            return mdl(x)["dx_logits"]
+
+        task = Task(name, model, groups, loss=loss_fn, validate=_dx_validate(ctx, forward),
+                    select="val_dx_macro_auroc")
+        history = fit(task, loader, _schedule(ctx, name, s, epochs=rounds))
+        return dict(model_config=model.config, state=_cpu_state(model), history=history,
+                    pred=_dx_predictions(ctx, model, forward), n_labelled=len(data))
 
     return _run_stage(ctx, name, train)
 
 
-def multimodal(ctx: Context, name: str = "multimodal") -> dict:
-    """Baseline: ECG + tabular encoders fused, trained on diagnoses; tabular data needed at inference."""
+def multimodal(ctx: Context, name: str = "multimodal", fraction: float = 1.0, replicate: int = 0) -> dict:
+    """Reference: ECG + tabular encoders fused, trained on diagnoses; tabular data needed at inference."""
 
     def train():
         cfg, env, s, m = ctx.cfg, ctx.env, ctx.cfg["finetune"], ctx.cfg["model"]
         torch.manual_seed(ctx.seed(name))
+        data, loader, rounds = _labelled_loader(ctx, name, fraction, replicate)
         tabs = ctx.tables("train")
         model = MultimodalModel(new_encoder(cfg), len(ctx.tab_names), len(ctx.dx_names), m["tab_hidden"],
-                                m["tab_layers"], m["tab_dropout"], m["head_dropout"], _dx_prior(ctx))
+                                m["tab_layers"], m["tab_dropout"], m["head_dropout"], _dx_prior(data))
         model.tab_encoder.normalizer.fit(tabs["tab"], tabs["tab_mask"])
         model.to(env.device)
         _maybe_compile(cfg, model.ecg_encoder)
-        loader = make_loader(ctx.train, s["batch_size"], env, seed=ctx.seed(name), shuffle=True,
-                             num_workers=cfg["data"]["num_workers"])
 
         def fwd(net, x, b):
             return net(x, b["tab"].to(env.device), b["tab_mask"].to(env.device))
@@ -414,12 +574,91 @@ def multimodal(ctx: Context, name: str = "multimodal") -> dict:
             logits = fwd(net, ctx.prep.train_view(b, env.device), b)
             return nn.functional.binary_cross_entropy_with_logits(logits.float(), b["dx_y"].to(env.device))
 
-        history = fit(model=model, groups=param_groups([(model, s["lr"])], s["weight_decay"]), loss_fn=loss_fn,
-                      loader=loader, validate=_dx_validate(ctx, fwd), select="val_dx_macro_auroc",
-                      **_fit_kwargs(ctx, name, s))
-        return dict(state=_cpu_state(model), history=history)
+        task = Task(name, model, param_groups([(model, s["lr"])], s["weight_decay"]), loss=loss_fn,
+                    validate=_dx_validate(ctx, fwd), select="val_dx_macro_auroc")
+        history = fit(task, loader, _schedule(ctx, name, s, epochs=rounds))
+        return dict(state=_cpu_state(model), history=history, pred=_dx_predictions(ctx, model, fwd),
+                    n_labelled=len(data))
 
     return _run_stage(ctx, name, train)
+
+
+# --- linear probes -----------------------------------------------------------------------------------
+def _features(ctx: Context, arm: str) -> dict:
+    """Frozen features of every train/val/test item for a probe arm: its encoder's embedding of the whole
+    record, or for the oracle the generator's true beat parameters."""
+    if arm == "oracle":
+        from ..evaluate import oracle
+
+        return oracle.features(ctx)
+    state = arm_encoder_state(ctx, arm)
+    torch.manual_seed(ctx.seed(f"probe_{arm}"))  # the random arm's initialisation
+    encoder = new_encoder(ctx.cfg)
+    if state is not None:
+        encoder.load_state_dict(state)
+    encoder.to(ctx.env.device)
+    return {split: embed(ctx, encoder, getattr(ctx, split)).double().numpy() for split in ("train", "val", "test")}
+
+
+def probe(ctx: Context, arm: str) -> dict:
+    """Linear probes of one frozen arm: diagnoses at every (fraction, replicate) of the plan, on the
+    diagnosis cohort; lab abnormalities on every train-fold ECG whose lab is known."""
+    from ..evaluate import probe as probe_mod
+
+    name = f"probe_{arm}"
+
+    def train():
+        feats = _features(ctx, arm)
+        if feats is None:
+            return dict(arm=arm, available=False, dx={}, lab=None)
+        l2 = [float(v) for v in ctx.cfg["protocol"]["probe_l2"]]
+        val_rows, test_rows = ctx.dx_rows("val"), ctx.dx_rows("test")
+        tv, tt, ttr = ctx.tables("val"), ctx.tables("test"), ctx.tables("train")
+        dx = {}
+        for f in plan.fractions(ctx.cfg):
+            for r in range(plan.replicates(ctx.cfg, f)):
+                rows = ctx.labelled_rows(f, r)
+                p = probe_mod.fit(feats["train"][rows], ttr["dx_y"].numpy()[rows], feats["val"][val_rows],
+                                  tv["dx_y"].numpy()[val_rows], l2_grid=l2)
+                dx[f"{plan.fraction_tag(f)}_r{r}"] = dict(
+                    fraction=f, replicate=r, l2=p.l2, val_macro_auroc=p.val_macro_auroc, n_labelled=int(len(rows)),
+                    val=torch.from_numpy(p.predict(feats["val"][val_rows])),
+                    test=torch.from_numpy(p.predict(feats["test"][test_rows])))
+        lab = None
+        if ttr["lab_y"].shape[1]:
+            p = probe_mod.fit(feats["train"], ttr["lab_y"].numpy(), feats["val"], tv["lab_y"].numpy(),
+                              ttr["lab_mask"].numpy(), tv["lab_mask"].numpy(), l2_grid=l2)
+            lab = dict(l2=p.l2, val_macro_auroc=p.val_macro_auroc, val=torch.from_numpy(p.predict(feats["val"])),
+                       test=torch.from_numpy(p.predict(feats["test"])))
+        return dict(arm=arm, available=True, dx=dx, lab=lab)
+
+    return _run_stage(ctx, name, train)
+
+
+# --- running a job of the plan -------------------------------------------------------------------------
+def run_job(ctx: Context, job: plan.Job) -> dict:
+    """Runs (or loads, when finished) one job of the plan."""
+    if job.kind == "pretrain":
+        if job.arm == "ssl":
+            return ssl_pretrain(ctx, job.name)
+        return pretrain(ctx, job.name, permute=job.arm == "control")
+    if job.kind == "labs":
+        return train_labs(ctx, _encoder_state(checkpoint.load(ctx.stage_dir("pretrain") / "result.pt")["state"]),
+                          job.name)
+    if job.kind == "final_labs":
+        final = checkpoint.load(ctx.stage_dir("finetune") / "result.pt")
+        return train_labs(ctx, _encoder_state(final["state"], "encoder."), job.name)
+    if job.kind == "probe":
+        return probe(ctx, job.arm)
+    if job.kind == "finetune":
+        if job.arm == "multimodal":
+            return multimodal(ctx, job.name, job.fraction, job.replicate)
+        state = arm_encoder_state(ctx, job.arm)
+        lab_head = None
+        if job.arm == "ecgkt":
+            lab_head = checkpoint.load(ctx.stage_dir("labs") / "result.pt")["lab_head"]
+        return finetune(ctx, job.name, state, lab_head, job.fraction, job.replicate)
+    raise ECGKTError(f"unknown job kind {job.kind!r}")
 
 
 def load_multimodal(ctx: Context, result: dict) -> MultimodalModel:

@@ -1,0 +1,79 @@
+"""The ECG-oracle ceiling: what a perfect ECG reader could reach on the synthetic data.
+
+The generator writes the true beat-model parameters of every study (synth_truth.csv.gz, next to the
+MIMIC-shaped roots). A linear probe on the parameters that the waveform shows (never the latent lab values)
+gives, per label group, the best an ECG-only model of that form can do on the same folds and labels; gap
+bridged against it says how much of what is reachable ecgkt reaches. Real data has no such file: no ceiling."""
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import numpy as np
+
+TRUTH_FILE = "synth_truth.csv.gz"
+
+# Used only when the generator package offers no `oracle_features` (older generator versions).
+_FALLBACK_COLUMNS = ("hr", "af", "pr", "p_dur", "qrs", "qt", "qtc", "lvh", "strain", "st_elev", "pathologic_q",
+                     "pvc_rate", "pvc_qrs", "t_amp", "u_amp", "st_mag", "volt", "hypothermia_ecg", "rbbb", "lbbb",
+                     "avb1")
+
+
+def truth_path(store_dir) -> Path | None:
+    """The generator's truth table of the data a store was prepared from, when there is one."""
+    if store_dir is None:
+        return None
+    manifest = Path(store_dir) / "manifest.json"
+    if not manifest.is_file():
+        return None
+    settings = json.loads(manifest.read_text()).get("settings", {})
+    if isinstance(settings, str):
+        try:
+            settings = ast.literal_eval(settings)
+        except (ValueError, SyntaxError):
+            return None
+    for key in ("clinical_root", "ecg_root", "data_dir"):
+        root = settings.get(key) if isinstance(settings, dict) else None
+        if root:
+            for cand in (Path(root).parent / TRUTH_FILE, Path(root) / TRUTH_FILE):
+                if cand.is_file():
+                    return cand
+    return None
+
+
+def _select(truth):
+    try:
+        from ..data.synth import oracle_features
+    except ImportError:
+        oracle_features = None
+    if oracle_features is not None:
+        ids, x, names = oracle_features(truth)
+        return np.asarray(ids, dtype=np.int64), np.asarray(x, dtype=np.float64), list(names)
+    cols = [c for c in _FALLBACK_COLUMNS if c in truth.columns]
+    x = truth[cols].astype(np.float64).to_numpy()
+    return truth["study_id"].to_numpy(dtype=np.int64), x, cols
+
+
+def features(ctx) -> dict | None:
+    """Oracle features of every train/val/test item of a context, or None without a truth table."""
+    path = truth_path(ctx.store_dir)
+    if path is None:
+        return None
+    import pandas as pd
+
+    ids, x, _ = _select(pd.read_csv(path))
+    index = {int(s): i for i, s in enumerate(ids)}
+    out = {}
+    for split in ("train", "val", "test"):
+        studies = np.asarray(getattr(ctx, split).study_id, dtype=np.int64)
+        pos = np.array([index.get(int(s), -1) for s in studies])
+        feats = np.full((len(studies), x.shape[1]), np.nan)
+        feats[pos >= 0] = x[pos[pos >= 0]]
+        out[split] = feats
+    fill = np.nanmean(out["train"], axis=0)
+    fill = np.where(np.isfinite(fill), fill, 0.0)
+    for split in out:
+        bad = ~np.isfinite(out[split])
+        out[split][bad] = np.broadcast_to(fill, out[split].shape)[bad]
+    return out

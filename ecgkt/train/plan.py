@@ -1,0 +1,134 @@
+"""The experiment as one table: arms x label fractions x replicates x evaluations (docs/protocol.md).
+
+`build(cfg)` lists every job of a run with its dependencies. The pipeline runs them all, each single-stage
+command runs the ones it names (and requires their dependencies), and `evaluate` reads the results of the
+jobs that exist. Nothing else wires the stage graph.
+
+A job's name is also its folder under RUN/stages/. The paper's comparison (100 % labels, replicate 0) keeps
+the stage names the method uses: pretrain, labs, finetune, final_labs, signal_only, multimodal,
+control_pretrain, control_finetune."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+# Pre-training arms: the stage-1 job that produces each arm's encoder.
+PRETRAIN_STAGE = dict(ecgkt="pretrain", control="control_pretrain", ssl="ssl_pretrain")
+FINETUNE_ARMS = ("signal_only", "ecgkt", "control", "ssl", "multimodal")
+PROBE_ARMS = ("random", "ecgkt", "control", "ssl", "oracle")
+ARM_TITLES = dict(signal_only="signal-only", ecgkt="ecgkt", control="control (permuted pairs)",
+                  ssl="ECG-only SSL", random="random init", multimodal="multimodal (ECG + tabular)",
+                  oracle="ECG oracle (true beat parameters)")
+_LEGACY = {("ecgkt", 0): "finetune", ("signal_only", 0): "signal_only", ("multimodal", 0): "multimodal",
+           ("control", 0): "control_finetune", ("ssl", 0): "ssl_finetune"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    name: str  # also the folder RUN/stages/<name>
+    kind: str  # pretrain | labs | final_labs | finetune | probe
+    arm: str | None = None
+    fraction: float | None = None
+    replicate: int | None = None
+    deps: tuple = ()
+    cost: float = 1.0  # rough relative cost, for scheduling the longest jobs first
+
+
+def fraction_tag(f: float) -> str:
+    return f"f{100 * f:g}"
+
+
+def finetune_name(arm: str, fraction: float, replicate: int) -> str:
+    if fraction >= 1.0 and (arm, replicate) in _LEGACY:
+        return _LEGACY[(arm, replicate)]
+    return f"{arm}_{fraction_tag(fraction)}_r{replicate}"
+
+
+def replicates(cfg: dict, fraction: float) -> int:
+    p = cfg["protocol"]
+    return int(p["replicates_full"] if fraction >= 1.0 else p["replicates"])
+
+
+def fractions(cfg: dict) -> list[float]:
+    fr = sorted(float(f) for f in cfg["protocol"]["fractions"])
+    bad = [f for f in fr if not 0.0 < f <= 1.0]
+    if bad:
+        from ..errors import ECGKTError
+
+        raise ECGKTError(f"protocol.fractions must lie in (0, 1]; got {bad}")
+    return fr
+
+
+def finetune_arms(cfg: dict) -> list[str]:
+    arms = [a for a in cfg["protocol"]["finetune_arms"]]
+    if not cfg["control"]["enabled"]:
+        arms = [a for a in arms if a != "control"]
+    return arms
+
+
+def probe_arms(cfg: dict) -> list[str]:
+    arms = [a for a in cfg["protocol"]["probe_arms"]]
+    if not cfg["control"]["enabled"]:
+        arms = [a for a in arms if a != "control"]
+    return arms
+
+
+def validate(cfg: dict) -> None:
+    from ..errors import ECGKTError
+
+    p = cfg["protocol"]
+    for key, allowed in (("finetune_arms", FINETUNE_ARMS), ("probe_arms", PROBE_ARMS)):
+        bad = [a for a in p[key] if a not in allowed]
+        if bad:
+            raise ECGKTError(f"protocol.{key}: unknown arm(s) {bad}; choose from {list(allowed)}")
+    if "ecgkt" not in p["finetune_arms"] or "signal_only" not in p["finetune_arms"]:
+        raise ECGKTError("protocol.finetune_arms must include ecgkt and signal_only (the comparison itself)")
+    if 1.0 not in fractions(cfg):
+        raise ECGKTError("protocol.fractions must include 1.0 (the paper's comparison and the final model)")
+    for key in ("replicates", "replicates_full"):
+        if int(p[key]) < 1:
+            raise ECGKTError(f"protocol.{key} must be >= 1")
+
+
+def build(cfg: dict) -> list[Job]:
+    """Every job of the run, dependencies first."""
+    validate(cfg)
+    arms = finetune_arms(cfg)
+    probes = probe_arms(cfg)
+    needed = {a for a in arms + probes if a in PRETRAIN_STAGE}
+    jobs = []
+    for arm in ("ecgkt", "control", "ssl"):
+        if arm in needed or arm == "ecgkt":
+            jobs.append(Job(PRETRAIN_STAGE[arm], "pretrain", arm=arm, cost=20.0 if arm == "ssl" else 10.0))
+    jobs.append(Job("labs", "labs", arm="ecgkt", deps=("pretrain",), cost=1.0))
+    for arm in probes:
+        deps = (PRETRAIN_STAGE[arm],) if arm in PRETRAIN_STAGE else ()
+        jobs.append(Job(f"probe_{arm}", "probe", arm=arm, deps=deps, cost=1.0))
+    for f in fractions(cfg):
+        for r in range(replicates(cfg, f)):
+            for arm in arms:
+                deps = {"ecgkt": ("labs",), "control": ("control_pretrain",), "ssl": ("ssl_pretrain",)}.get(arm, ())
+                jobs.append(Job(finetune_name(arm, f, r), "finetune", arm=arm, fraction=f, replicate=r, deps=deps,
+                                cost=2.0 + 6.0 * math.sqrt(f)))
+    jobs.append(Job("final_labs", "final_labs", arm="ecgkt", deps=("finetune",), cost=1.0))
+    return jobs
+
+
+def by_name(jobs) -> dict[str, Job]:
+    return {j.name: j for j in jobs}
+
+
+def closure(jobs, names) -> list[Job]:
+    """The named jobs and everything they depend on, in plan order."""
+    index = by_name(jobs)
+    want: set[str] = set()
+
+    def add(n):
+        if n not in want:
+            want.add(n)
+            for d in index[n].deps:
+                add(d)
+
+    for n in names:
+        add(n)
+    return [j for j in jobs if j.name in want]
