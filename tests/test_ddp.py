@@ -12,7 +12,8 @@ from ecgkt.train.fake import fake_splits
 # group norm and no dropout: batch statistics and random masks would otherwise legitimately differ
 # between one batch of 8 and two of 4 (BatchNorm under DDP is per-rank unless SyncBatchNorm is used)
 OVERRIDES = ["model.norm=group", "model.tab_dropout=0.0", "model.head_dropout=0.0", "pretrain.epochs=1",
-             "pretrain.batch_size=8", "finetune.epochs=1", "finetune.batch_size=8", "preprocessing.target_fs=50",
+             "pretrain.batch_size=8", "finetune.epochs=1", "finetune.min_steps=3",
+             "finetune.rounds=1", "finetune.batch_size=8", "preprocessing.target_fs=50",
              "labs.epochs=2", "labs.batch_size=8", "runtime.log_every=1"]
 
 

@@ -9,7 +9,7 @@ from ecgkt.train import checkpoint, config, distributed, pipeline, stages
 from ecgkt.train.fake import fake_splits
 
 TINY = ["pretrain.epochs=2", "pretrain.batch_size=16", "labs.epochs=3", "labs.batch_size=16",
-        "finetune.epochs=2", "finetune.batch_size=16", "evaluate.bootstrap=30", "preprocessing.target_fs=50",
+        "finetune.epochs=2", "finetune.min_steps=6", "finetune.rounds=2", "finetune.batch_size=16", "evaluate.bootstrap=30", "preprocessing.target_fs=50",
         "runtime.threads=2"]
 
 

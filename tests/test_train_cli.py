@@ -9,7 +9,13 @@ from ecgkt.train.engine import InjectedFailure
 
 TINY = ["data.synth_patients=200", "preprocessing.target_fs=50", "preprocessing.train_crop_seconds=2.0",
         "pretrain.epochs=2", "pretrain.batch_size=32", "labs.epochs=2", "labs.batch_size=32",
-        "finetune.epochs=2", "finetune.batch_size=32", "evaluate.bootstrap=50", "evaluate.lab_min_positives=2"]
+        "finetune.epochs=2", "finetune.min_steps=4", "finetune.rounds=2", "finetune.batch_size=32",
+        "evaluate.bootstrap=50", "evaluate.lab_min_positives=2", "protocol.fractions=[0.5,1.0]",
+        "protocol.replicates=1", "protocol.min_test_positives=3"]
+
+
+def _no_nan(token):
+    raise AssertionError(f"results.json holds {token}: not strict JSON")
 
 
 def _cmd(run, *extra):
@@ -20,20 +26,27 @@ def _cmd(run, *extra):
 
 
 def test_pipeline_cli_resume_gives_same_results(tmp_path, capsys):
-    assert main(_cmd(tmp_path / "a")) == 0
+    """Run a: two worker processes. Run b: one process, killed twice and resumed. Same results.json."""
+    assert main(_cmd(tmp_path / "a", "runtime.jobs=2")) == 0
     out = capsys.readouterr().out
     assert "signal-only" in out and "ecgkt minus signal only" in out and "gap bridged" in out
     full = json.loads((tmp_path / "a/results.json").read_text())
+    assert {r["arm"] for r in full["label_efficiency"]} == {"signal_only", "ecgkt", "control", "ssl", "multimodal",
+                                                          "random", "oracle"}
+    assert {r["fraction"] for r in full["label_efficiency"]} == {0.5, 1.0}
+    assert full["protocol"]["claim"] and {h["id"] for h in full["hypotheses"]} >= {"H2", "H4"}
+    json.loads((tmp_path / "a/results.json").read_text(), parse_constant=_no_nan)  # strict JSON
     for f in ("results.md", "plots/roc_curves.png", "plots/training_curves.png", "plots/lab_auroc.png",
+              "plots/label_efficiency.png",
               "model/config.json", "model/model.safetensors", "predictions.npz", "config.yaml"):
         assert (tmp_path / "a" / f).is_file(), f
     # the second run reuses run a's generated data through --data (a prepared store)
     store = str(tmp_path / "a/data/store")
     with pytest.raises(InjectedFailure):
-        main(_cmd(tmp_path / "b", "runtime.fail_after=labs") + ["--data", store])
+        main(_cmd(tmp_path / "b", "runtime.fail_after=labs", "runtime.jobs=1") + ["--data", store])
     with pytest.raises(InjectedFailure):
-        main(_cmd(tmp_path / "b", "runtime.fail_after=signal_only@1") + ["--data", store])
-    assert main(_cmd(tmp_path / "b") + ["--data", store]) == 0
+        main(_cmd(tmp_path / "b", "runtime.fail_after=signal_only@1", "runtime.jobs=1") + ["--data", store])
+    assert main(_cmd(tmp_path / "b", "runtime.jobs=1") + ["--data", store]) == 0
     resumed = json.loads((tmp_path / "b/results.json").read_text())
     assert resumed == full
     # `ecgkt evaluate` on a finished run (its recorded configuration) recomputes the same results

@@ -59,7 +59,8 @@ def label_groups(names, synthetic: bool) -> dict:
     meta = generator_groups(list(names))
     for n in names:
         m = meta.get(n) or {}
-        groups[n] = "symptom" if (m.get("symptom") or is_symptom_code(n)) else m.get("group", "all")
+        group = m.get("group", "all")
+        groups[n] = "symptom" if (m.get("symptom") or is_symptom_code(n)) else ("all" if group == "unknown" else group)
     return groups
 
 
@@ -68,7 +69,7 @@ def lab_test_groups(tests, synthetic: bool) -> dict:
         try:
             from ..data.synth import lab_groups
 
-            return dict(lab_groups(list(tests)))
+            return {t: (v["group"] if isinstance(v, dict) else v) for t, v in lab_groups(list(tests)).items()}
         except ImportError:
             pass
     return {t: "all" for t in tests}

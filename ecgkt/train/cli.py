@@ -23,6 +23,9 @@ def _common(p, needs_data: bool = True):
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
                    help="override one configuration key (repeatable)")
     p.add_argument("--seed", type=int, help="random seed (same as --set seed=N)")
+    p.add_argument("--preset", choices=list(PRESETS), default=None,
+                   help="a packaged configuration applied before --config/--set: "
+                        + "; ".join(f"{k}: {v}" for k, v in PRESETS.items()))
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -85,10 +88,26 @@ def resolve_config(args) -> dict:
     from .config import resolve
 
     overrides = list(args.overrides) + ([f"seed={args.seed}"] if args.seed is not None else [])
+    preset = getattr(args, "preset", None)
     run_cfg = Path(args.out) / "config.yaml"
-    if not args.config and not overrides and run_cfg.is_file():
+    if not args.config and not overrides and not preset and run_cfg.is_file():
         return resolve(run_cfg)  # a bare rerun of an existing run keeps its configuration
-    return resolve(args.config, overrides)
+    base = resolve(preset_path(preset)) if preset else None
+    return resolve(args.config, overrides, base=base)
+
+
+PRESETS = {"default": "the built-in default: 2,000 synthetic patients, fractions 10 % and 100 % (<= 10 min on 2 cores)",
+           "science": "the full protocol: 10,000 synthetic patients, fractions 1-100 % (<= 90 min on 2 cores)"}
+
+
+def preset_path(name: str):
+    from importlib import resources
+
+    if name not in PRESETS:
+        raise ECGKTError(f"--preset {name!r}: choose from {', '.join(PRESETS)}")
+    if name == "default":
+        return None
+    return resources.files("ecgkt").joinpath(f"configs/{name}.yaml")
 
 
 def _context(args):
