@@ -238,31 +238,6 @@ def add_artifacts(rng, adu, nan_run, flat):
         adu[i, :, lead] = adu[i, 0, lead] if rng.random() < 0.5 else 0
 
 
-def header_text(study_id: int, subject_id: int, when, frames: np.ndarray, checksums=None) -> str:
-    """WFDB header in MIMIC-IV-ECG layout for one record; ``frames`` is (T, 12) int16."""
-    T = frames.shape[0]
-    sums = frames.sum(axis=0, dtype=np.int64) % 65536 if checksums is None else checksums
-    lines = [f"{study_id} 12 {FS} {T} {when:%H:%M:%S} {when:%d/%m/%Y}"]
-    for lead, first, chk in zip(MIMIC_LEADS, frames[0], sums):
-        lines.append(f"{study_id}.dat 16 200.0(0)/mV 16 0 {int(first)} {int(chk)} 0 {lead}")
-    lines.append(f"# <subject_id>: {subject_id}")
-    return "\n".join(lines) + "\n"
-
-
-def record_path(subject_id: int, study_id: int) -> str:
-    """MIMIC path of a record, without extension, relative to the mimic-iv-ecg root."""
-    return f"files/p{str(subject_id)[:4]}/p{subject_id}/s{study_id}/{study_id}"
-
-
-def write_record(root: Path, rel: str, header: str, frames: np.ndarray) -> None:
-    """Write ``rel``.hea and ``rel``.dat (format 16: little-endian int16); ``frames`` is (T, 12),
-    one row per sample, as the .dat interleaves the signals."""
-    base = root / rel
-    os.makedirs(base.parent, exist_ok=True)
-    frames.astype("<i2", copy=False).tofile(str(base) + ".dat")
-    with open(str(base) + ".hea", "w", newline="\n") as f:
-        f.write(header)
-
 
 def template(p: dict, i: int, fs: int = FS, pre_ms: float = 400.0, post_ms: float = 900.0):
     """Noise-free single beat of record ``i``: (time ms from QRS onset, 12-lead signal (12, T) mV).
