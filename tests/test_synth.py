@@ -350,7 +350,8 @@ def test_every_rule_changes_the_ecg_parameters_and_off_removes_it():
         "calcium_qtc": "qtc", "magnesium_qtc": "qtc", "troponin_st": "st_elev", "bnp_af": "af", "bnp_lvh": "lvh",
         "bnp_qrs": "qrs", "anemia_hr": "hr", "glucose_hypo": "hr", "temperature_hr": "hr", "sex_qtc": "qtc",
         "age_ecg": "pr", "bmi_voltage": "volt", "conduction_ecg": "qrs", "creatinine_potassium": "t_amp",
-        "acidosis_potassium": "qtc", "electrolyte_ectopy": "pvc_rate",
+        "acidosis_potassium": "qtc", "electrolyte_ectopy": "pvc_rate", "acute_illness_hr": "hr", "ckd_ecg": "qtc",
+        "cirrhosis_qtc": "qtc", "diabetes_hr": "hr",
     }
     assert set(probes) == set(rules.RULES)
     for rule, param in probes.items():

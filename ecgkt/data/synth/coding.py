@@ -123,6 +123,10 @@ ICD10: list[tuple[str, str, object]] = [
     ("R509", "Fever, unspecified", lambda e, p: e["temp_c"] > 38.3),
     ("R0789", "Other chest pain", lambda e, p: e["cad"] & ~e["mi"]),
 ]
+# Symptom codes an ED stay gets when none of its conditions is coded (one at random): chapter R of
+# ICD-10 ("symptoms, signs and abnormal findings"), no latent condition behind them.
+SYMPTOM_CODES = {"R079": "Chest pain, unspecified", "R0602": "Shortness of breath", "R531": "Weakness",
+                 "R1084": "Generalized abdominal pain", "R55": "Syncope and collapse", "R42": "Dizziness and giddiness"}
 # ICD-10 parent (category) titles, so truncated codes can be named; and a few ICD-9 codes that
 # old admissions use (they carry icd_version 9 and are an edge case for the cohort builder).
 ICD10_PARENTS = {
@@ -138,6 +142,8 @@ ICD10_PARENTS = {
     "E78": "Disorders of lipoprotein metabolism and other lipidemias",
     "I44": "Atrioventricular and left bundle-branch block", "I45": "Other conduction disorders",
     "T68": "Hypothermia", "R50": "Fever of other and unknown origin", "R07": "Pain in throat and chest",
+    "R06": "Abnormalities of breathing", "R53": "Malaise and fatigue", "R10": "Abdominal and pelvic pain",
+    "R55": "Syncope and collapse", "R42": "Dizziness and giddiness",
 }
 ICD9 = {
     "4280": "Congestive heart failure, unspecified", "42731": "Atrial fibrillation",
@@ -148,11 +154,36 @@ ICD10_TO_ICD9 = {"I509": "4280", "I5023": "4280", "I4891": "42731", "I10": "4019
                  "E1165": "25000", "N179": "5849", "I214": "41071"}
 
 
+# Clinical priority of each code (lower = listed earlier): acute, life-threatening problems first,
+# chronic comorbidities last. The order within an encounter adds per-encounter noise to these
+# (PRIORITY_NOISE_SD), as coders list the reason for the visit first and the rest loosely.
+CODE_PRIORITY = {
+    "I2109": 1, "I2119": 1, "I2129": 1, "I214": 1, "A419": 1.5, "R6520": 2, "E875": 2, "I5023": 2, "T688XXA": 2,
+    "N179": 2.5, "E162": 2.5, "I4891": 3, "D62": 3, "E871": 3, "E876": 3, "E870": 3, "E8351": 3.5, "E8352": 3.5,
+    "R0789": 4, "E8342": 4, "R509": 4, "I447": 4, "N184": 4, "I129": 4.5, "I509": 4.5, "D649": 4.5, "I4510": 5,
+    "I440": 5, "N183": 5, "I2510": 5, "E1165": 5, "K7469": 5, "E119": 6, "I10": 6, "E785": 7, "E669": 7,
+}
+PRIORITY_NOISE_SD = 1.5
+
+
+def conditions(e, p) -> np.ndarray:
+    """True conditions (n, len(ICD10)) bool, in ICD10 order, from the latent state and the ECG."""
+    return np.stack([np.asarray(f(e, p), dtype=bool) for _, _, f in ICD10], axis=1)
+
+
 def diagnoses(rng, e, p, cfg) -> list[list[str]]:
-    """ICD-10 codes per encounter from the latent state, with coder misses and false codes."""
+    """ICD-10 codes per encounter from the latent state, with coder misses and false codes.
+
+    Each true condition is coded with probability ``code_sensitivity``, each code appears falsely
+    with probability ``code_false_rate``; an encounter's codes are listed in clinical priority
+    order with per-encounter randomness (the ``seq_num`` order of hosp/diagnoses_icd and
+    ed/diagnosis), never in the order of this table.
+    """
     n = len(e["k"])
-    truth = np.stack([np.asarray(f(e, p), dtype=bool) for _, _, f in ICD10], axis=1)
+    truth = conditions(e, p)
     coded = truth & (rng.random(truth.shape) < cfg.code_sensitivity)
     coded |= rng.random(truth.shape) < cfg.code_false_rate
     codes = [c for c, _, _ in ICD10]
-    return [[codes[j] for j in np.flatnonzero(coded[i])] for i in range(n)]
+    priority = np.array([CODE_PRIORITY[c] for c in codes])
+    order = np.argsort(priority + rng.normal(0, PRIORITY_NOISE_SD, truth.shape), axis=1, kind="stable")
+    return [[codes[j] for j in order[i] if coded[i, j]] for i in range(n)]

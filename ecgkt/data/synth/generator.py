@@ -16,23 +16,38 @@ from .common import write_csv
 from .config import SynthConfig
 from .population import Simulation, simulate
 
-def _truth(sim: Simulation, rr: np.ndarray, codes) -> pd.DataFrame:
-    """Ground truth per study: latent state, true labs and beat-model parameters (not part of MIMIC)."""
+VECTOR_WAVES = ("p", "q", "r", "s", "rp", "st", "t", "u", "j", "pvc", "pvc_t")  # dipoles (n, 3) of the beat model
+
+
+def _truth(sim: Simulation, rr: np.ndarray, codes, hadm: np.ndarray, stay: np.ndarray) -> pd.DataFrame:
+    """Ground truth per study (not part of MIMIC): the latent state and true lab values, the true
+    conditions and the codes written, and every beat-model parameter of the rendered ECG. Where a
+    latent subject flag and the rendered ECG parameter share a name (rbbb, lbbb, avb1), the ECG
+    parameter keeps the name and the latent flag becomes ``latent_<name>``."""
     e = sim.ecgs
+    true = coding.conditions(sim.enc, sim.ecg)
+    names = [c for c, _, _ in coding.ICD10]
     cols = {"subject_id": e["subject_id"], "study_id": e["study_id"], "kind": e["kind"],
             "encounter_study_id": e["study_id"].to_numpy()[e["encounter"].to_numpy()],
             "nan_run": e["nan_run"], "flat_lead": e["flat_lead"], "noisy": e["noisy"], "measured_rr": rr,
-            "icd_codes": [" ".join(c) for c in codes]}
-    for src in (sim.enc, sim.ecg):
-        for k, v in src.items():
-            v = np.asarray(v)
-            if k in cols or v.ndim != 1:
-                continue
+            "hadm_id": pd.array(hadm, dtype="Int64"), "stay_id": pd.array(stay, dtype="Int64"),
+            "icd_codes": [" ".join(c) for c in codes],
+            "icd_true": [" ".join(names[j] for j in np.flatnonzero(row)) for row in true]}
+    for k, v in sim.ecg.items():
+        v = np.asarray(v)
+        if v.ndim == 1 and k not in cols:
             cols[k] = v
-    for k in ("p", "q", "r", "s", "rp", "st", "t", "u", "j"):
+    for k, v in sim.enc.items():
+        v = np.asarray(v)
+        if v.ndim == 1:
+            cols[f"latent_{k}" if k in cols else k] = v
+    for k in VECTOR_WAVES:
         for a, name in enumerate("xyz"):
             cols[f"{k}_vec_{name}"] = sim.ecg[f"{k}_vec"][:, a]
-    return pd.DataFrame(cols)
+    df = pd.DataFrame(cols)
+    df.loc[df["hadm_id"] == 0, "hadm_id"] = pd.NA
+    df.loc[df["stay_id"] == 0, "stay_id"] = pd.NA
+    return df
 
 
 # ------------------------------------------------------------------------------------------------
@@ -73,7 +88,7 @@ def generate(out_dir, patients: int = 1000, seed: int = 0, config: SynthConfig |
     tables["ed/vitalsign"], tables["ed/triage"] = mimic_clinical.ed_vitals(sim, stay, intime, outtime)
     for name, df in tables.items():
         write_csv(df, clin_root / f"{name}.csv.gz", gz=True)
-    write_csv(_truth(sim, rr, codes), out / "synth_truth.csv.gz", gz=True)
+    write_csv(_truth(sim, rr, codes, hadm, stay), out / "synth_truth.csv.gz", gz=True)
     elapsed = time.perf_counter() - t0
     summary = {
         "out_dir": str(out), "seed": seed, "patients": patients, "records": len(sim.ecgs),

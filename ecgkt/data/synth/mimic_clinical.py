@@ -58,10 +58,6 @@ CHIEF_COMPLAINTS = ["Chest pain", "Dyspnea", "Abd pain", "Weakness", "Fever", "P
 
 
 # ------------------------------------------------------------------------------------------------
-SYMPTOM_CODES = {"R079": "Chest pain, unspecified", "R0602": "Shortness of breath", "R531": "Weakness",
-                 "R1084": "Generalized abdominal pain", "R55": "Syncope and collapse", "R42": "Dizziness and giddiness"}
-
-
 def encounter_tables(sim: Simulation, codes: list[list[str]]):
     """ED stays, admissions and the ICD tables; returns (tables, hadm per ECG, stay per ECG, intime)."""
     rng = np.random.default_rng([sim.seed, 41, 1])
@@ -128,7 +124,7 @@ def encounter_tables(sim: Simulation, codes: list[list[str]]):
         "edouttime": timestamps(np.where(kind[hi] == "ed", outtime[hi], np.nan)),
         "hospital_expire_flag": dies[hi].astype(int)})
 
-    titles = {c: t_ for c, t_, _ in coding.ICD10} | SYMPTOM_CODES
+    titles = {c: t_ for c, t_, _ in coding.ICD10} | coding.SYMPTOM_CODES
     icd9 = rng.random(m) < sim.config.p_icd9
     rows = []
     for i in hi:
@@ -139,9 +135,10 @@ def encounter_tables(sim: Simulation, codes: list[list[str]]):
             rows.append((subj[i], hadm[i], j + 1, c, 9 if icd9[i] else 10))
     diagnoses_icd = pd.DataFrame(rows, columns=["subject_id", "hadm_id", "seq_num", "icd_code", "icd_version"])
     rows = []
-    symptoms = list(SYMPTOM_CODES)
+    symptoms = list(coding.SYMPTOM_CODES)
     for i in ei:
-        cs = codes[i][:3] or [symptoms[int(rng.integers(0, len(symptoms)))]]
+        # every code of the encounter, in its priority order (as MIMIC-IV-ED lists them by seq_num)
+        cs = codes[i] or [symptoms[int(rng.integers(0, len(symptoms)))]]
         for j, c in enumerate(cs):
             rows.append((subj[i], stay[i], j + 1, c, 10, titles[c]))
     ed_diagnosis = pd.DataFrame(rows, columns=["subject_id", "stay_id", "seq_num", "icd_code", "icd_version", "icd_title"])

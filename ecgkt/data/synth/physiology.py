@@ -50,7 +50,8 @@ def ecg_parameters(rng, e, cfg) -> dict[str, np.ndarray]:
     hr += r["anemia_hr"] * 4 * np.clip(11 - e["hb"], 0, None)
     hr += r["bnp_qrs"] * 5 * np.clip(log_bnp - 2.5, 0, None)
     hr += r["glucose_hypo"] * 10 * (e["glucose"] < 70)
-    hr += 12 * e["sepsis_sev"] + 6 * e["mi"]
+    hr += r["acute_illness_hr"] * (12 * e["sepsis_sev"] + 6 * e["mi"])
+    hr += r["diabetes_hr"] * 4 * e["diabetes"]
     hr = np.where(hypo_t > 0, hr - hypo_t * 25, hr)
     hr = np.where(af, rng.uniform(75, 135, n), hr)
     hr = np.clip(hr, 38, 165)
@@ -78,13 +79,15 @@ def ecg_parameters(rng, e, cfg) -> dict[str, np.ndarray]:
     qtc += r["magnesium_qtc"] * 24 * np.clip(2.0 - mg, 0, None)
     qtc += r["glucose_hypo"] * 30 * np.clip((70 - e["glucose"]) / 30, 0, 1)
     qtc += hypo_t * 60
+    qtc += r["ckd_ecg"] * 20 * e["ckd_sev"]
+    qtc += r["cirrhosis_qtc"] * 20 * e["liver"]
     qt = qtc * (rr / 1000.0) ** (1 / 3) + np.clip(qrs - 95, 0, None) * 0.8
     qt = np.clip(qt, qrs + 150, 700)
 
     # voltage and axes
     volt = e["voltage0"] * (1 - r["age_ecg"] * 0.004 * over40)
     volt *= np.clip(1 - r["bmi_voltage"] * 0.015 * (e["bmi"] - 25), 0.55, 1.25)
-    lvh_p = _sigmoid(1.6 * (log_bnp - 3.4) + 0.03 * (e["sbp"] - 140))
+    lvh_p = _sigmoid(1.6 * (log_bnp - 3.4) + 0.03 * (e["sbp"] - 140) + r["ckd_ecg"] * 1.5 * e["ckd_sev"])
     lvh = rng.random(n) < r["bnp_lvh"] * lvh_p
     volt = volt * np.where(lvh, rng.uniform(1.6, 2.2, n), 1.0)
     axis = e["qrs_axis0"] - r["age_ecg"] * 0.4 * over40 - 25 * lbbb

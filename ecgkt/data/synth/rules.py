@@ -33,12 +33,16 @@ RULES = {
     "bmi_voltage": "BMI -> lower QRS voltage",
     "conduction_ecg": "latent conduction disease -> RBBB, LBBB, 1st-degree AV block",
     "electrolyte_ectopy": "low K or Mg -> ventricular premature beats",
+    "acute_illness_hr": "sepsis and acute MI -> faster HR",
+    "ckd_ecg": "chronic kidney disease -> LVH more likely, longer QTc (weak)",
+    "cirrhosis_qtc": "cirrhosis -> longer QTc (weak)",
+    "diabetes_hr": "diabetes -> faster resting HR (weak)",
 }
 
 # Rules whose effect is small next to the beat-to-beat and between-subject spread: a condition
 # carried only by these has a "weak" ECG signature (label_groups reports it).
-WEAK_RULES = frozenset({"anemia_hr", "magnesium_qtc", "glucose_hypo", "bmi_voltage",
-                        "creatinine_potassium", "acidosis_potassium"})
+WEAK_RULES = frozenset({"anemia_hr", "magnesium_qtc", "glucose_hypo", "bmi_voltage", "ckd_ecg", "cirrhosis_qtc",
+                        "diabetes_hr", "acute_illness_hr", "creatinine_potassium", "acidosis_potassium"})
 
 
 def check_rules(rules: dict[str, float]) -> dict[str, float]:
@@ -56,3 +60,104 @@ def check_rules(rules: dict[str, float]) -> dict[str, float]:
             raise ECGKTError(f"rule {name!r}: scale must be a finite number >= 0, got {scale}")
         out[name] = scale
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# What each rule carries: the label groups of ecgkt.data.synth.labels are derived from these two
+# tables and the rule scales, never fitted. A path "a+b" needs every rule on it switched on (e.g.
+# creatinine -> K needs creatinine_potassium, and K -> ECG needs a potassium rule).
+# Shared causes (age, sex) are not paths: every age-related condition correlates with the age_ecg
+# changes; the groups describe what the condition itself does to the ECG.
+# --------------------------------------------------------------------------------------------------
+_K_HIGH = ("potassium_t", "potassium_conduction", "potassium_qtc")  # what a raised K reaches the ECG through
+_BNP_ECG = ("bnp_af", "bnp_lvh", "bnp_qrs")
+
+
+def _via(first: str, then) -> tuple[str, ...]:
+    return tuple(f"{first}+{t}" for t in then)
+
+
+# ICD-10 code -> (rule that renders the condition in the beat model, or None when the condition is
+# a latent/lab state; ECG paths; strength of the signature when on: "strong" or "weak").
+CONDITION_PATHS: dict[str, tuple[str | None, tuple[str, ...], str]] = {
+    "I214": (None, ("acute_illness_hr",), "weak"),  # NSTEMI: troponin without the ST injury
+    "I2109": ("troponin_st", ("troponin_st",), "strong"),
+    "I2119": ("troponin_st", ("troponin_st",), "strong"),
+    "I2129": ("troponin_st", ("troponin_st",), "strong"),
+    "I2510": (None, ("troponin_st",), "weak"),  # old-infarct Q waves in a quarter of CAD
+    "I509": (None, _BNP_ECG + ("conduction_ecg",), "strong"),  # LBBB is more common in HF
+    "I5023": (None, _BNP_ECG + ("conduction_ecg",), "strong"),
+    "I4891": ("bnp_af", ("bnp_af",), "strong"),
+    "I10": (None, ("bnp_lvh",), "weak"),  # SBP -> LVH
+    "I129": (None, ("bnp_lvh", "ckd_ecg", "calcium_qtc", "anemia_hr") + _BNP_ECG
+             + _via("creatinine_potassium", _K_HIGH), "weak"),
+    "N179": (None, _via("creatinine_potassium", _K_HIGH), "weak"),
+    "N183": (None, ("ckd_ecg", "calcium_qtc", "anemia_hr") + _BNP_ECG + _via("creatinine_potassium", _K_HIGH),
+             "weak"),
+    "N184": (None, ("ckd_ecg", "calcium_qtc", "anemia_hr") + _BNP_ECG + _via("creatinine_potassium", _K_HIGH),
+             "weak"),
+    "E875": (None, ("potassium_t", "potassium_conduction", "potassium_qtc"), "strong"),
+    "E876": (None, ("potassium_low", "potassium_qtc", "electrolyte_ectopy"), "strong"),
+    "E871": (None, (), "none"),  # sodium: the negative control
+    "E870": (None, (), "none"),
+    "E8342": (None, ("magnesium_qtc", "electrolyte_ectopy"), "weak"),
+    "E8351": (None, ("calcium_qtc",), "strong"),
+    "E8352": (None, ("calcium_qtc",), "strong"),
+    "E119": (None, ("diabetes_hr",), "weak"),
+    "E1165": (None, ("diabetes_hr",), "weak"),
+    "E162": (None, ("glucose_hypo",), "strong"),
+    "D649": (None, ("anemia_hr",), "weak"),
+    "D62": (None, ("anemia_hr",), "weak"),
+    "A419": (None, ("acute_illness_hr", "temperature_hr", "anemia_hr") + _via("acidosis_potassium", _K_HIGH),
+             "strong"),
+    "R6520": (None, ("acute_illness_hr", "temperature_hr", "anemia_hr") + _via("acidosis_potassium", _K_HIGH),
+              "strong"),
+    "K7469": (None, ("cirrhosis_qtc", "calcium_qtc"), "weak"),  # low albumin carries total Ca down
+    "E669": (None, ("bmi_voltage",), "weak"),
+    "E785": (None, (), "none"),
+    "I447": ("conduction_ecg", ("conduction_ecg",), "strong"),
+    "I4510": ("conduction_ecg", ("conduction_ecg",), "strong"),
+    "I440": ("conduction_ecg", ("conduction_ecg",), "strong"),
+    "T688XXA": (None, ("temperature_hr",), "strong"),
+    "R509": (None, ("temperature_hr",), "strong"),  # fever -> sinus tachycardia
+    "R0789": (None, ("troponin_st",), "weak"),  # chest pain without MI: CAD
+}
+
+# Lab test (the cohort's test names) -> direction -> (ECG paths, "direct" when the lab value
+# itself enters the rule, "mediated" when the lab marks a latent state that does).
+LAB_PATHS: dict[str, dict[str, tuple[tuple[str, ...], str]]] = {
+    "potassium": {"low": (("potassium_low", "potassium_qtc", "electrolyte_ectopy"), "direct"),
+                  "high": (("potassium_t", "potassium_conduction", "potassium_qtc"), "direct")},
+    "calcium": {"low": (("calcium_qtc",), "direct"), "high": (("calcium_qtc",), "direct")},
+    "free_calcium": {"low": (("calcium_qtc",), "mediated"), "high": (("calcium_qtc",), "mediated")},
+    "magnesium": {"low": (("magnesium_qtc", "electrolyte_ectopy"), "direct")},
+    "troponin_t": {"high": (("troponin_st",), "direct")},
+    "ck_mb": {"high": (("troponin_st",), "mediated")},
+    "ck": {"high": (("troponin_st",), "mediated")},
+    "nt_probnp": {"high": (_BNP_ECG, "direct")},
+    "hemoglobin": {"low": (("anemia_hr",), "direct")},
+    "hematocrit": {"low": (("anemia_hr",), "mediated")},
+    "glucose": {"low": (("glucose_hypo",), "direct"), "high": (("diabetes_hr",), "mediated")},
+    "creatinine": {"high": (_via("creatinine_potassium", _K_HIGH) + ("ckd_ecg",), "direct")},
+    "urea_nitrogen": {"high": (_via("creatinine_potassium", _K_HIGH) + ("ckd_ecg",), "mediated")},
+    "phosphate": {"high": (("ckd_ecg", "calcium_qtc"), "mediated")},
+    "ph": {"low": (_via("acidosis_potassium", _K_HIGH), "direct")},
+    "bicarbonate": {"low": (_via("acidosis_potassium", _K_HIGH), "mediated")},
+    "anion_gap": {"high": (_via("acidosis_potassium", _K_HIGH), "mediated")},
+    "lactate": {"high": (("acute_illness_hr", "temperature_hr"), "mediated")},
+    "wbc": {"high": (("acute_illness_hr", "temperature_hr"), "mediated")},
+    "crp": {"high": (("acute_illness_hr", "temperature_hr"), "mediated")},
+    "platelets": {"low": (("acute_illness_hr", "cirrhosis_qtc"), "mediated")},
+    "albumin": {"low": (("calcium_qtc", "cirrhosis_qtc"), "mediated")},
+    "alt": {"high": (("cirrhosis_qtc",), "mediated")},
+    "ast": {"high": (("cirrhosis_qtc",), "mediated")},
+    "alp": {"high": (("cirrhosis_qtc",), "mediated")},
+    "rdw": {"high": (("anemia_hr",), "mediated")},
+    "sodium": {},  # the negative control: no path at all
+    "chloride": {},  # follows sodium
+}
+
+
+def active_paths(paths, scales: dict[str, float]) -> list[str]:
+    """The paths whose every rule has a scale > 0."""
+    return [p for p in paths if all(scales.get(r, 0.0) > 0 for r in p.split("+"))]
