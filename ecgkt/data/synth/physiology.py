@@ -80,7 +80,7 @@ def ecg_parameters(rng, e, cfg) -> dict[str, np.ndarray]:
     qtc += r["glucose_hypo"] * 30 * np.clip((70 - e["glucose"]) / 30, 0, 1)
     qtc += hypo_t * 60
     qtc += r["ckd_ecg"] * 20 * e["ckd_sev"]
-    qtc += r["cirrhosis_qtc"] * 20 * e["liver"]
+    qtc += r["cirrhosis_qtc"] * 15 * e["liver"]
     qt = qtc * (rr / 1000.0) ** (1 / 3) + np.clip(qrs - 95, 0, None) * 0.8
     qt = np.clip(qt, qrs + 150, 700)
 

@@ -39,12 +39,6 @@ RULES = {
     "diabetes_hr": "diabetes -> faster resting HR (weak)",
 }
 
-# Rules whose effect is small next to the beat-to-beat and between-subject spread: a condition
-# carried only by these has a "weak" ECG signature (label_groups reports it).
-WEAK_RULES = frozenset({"anemia_hr", "magnesium_qtc", "glucose_hypo", "bmi_voltage", "ckd_ecg", "cirrhosis_qtc",
-                        "diabetes_hr", "acute_illness_hr", "creatinine_potassium", "acidosis_potassium"})
-
-
 def check_rules(rules: dict[str, float]) -> dict[str, float]:
     """Full rule-scale dict (defaults 1.0) after checking the names and values given."""
     unknown = sorted(set(rules) - set(RULES))
@@ -78,7 +72,9 @@ def _via(first: str, then) -> tuple[str, ...]:
 
 
 # ICD-10 code -> (rule that renders the condition in the beat model, or None when the condition is
-# a latent/lab state; ECG paths; strength of the signature when on: "strong" or "weak").
+# a latent/lab state; ECG paths; strength of the signature when on). "strong": a typical case moves
+# the parameter it affects by at least one between-subject SD (e.g. cirrhosis QTc +15 ms against
+# SD 13 ms); "weak": less (diabetes HR +4 bpm against SD ~10 bpm); "none": no path.
 CONDITION_PATHS: dict[str, tuple[str | None, tuple[str, ...], str]] = {
     "I214": (None, ("acute_illness_hr",), "weak"),  # NSTEMI: troponin without the ST injury
     "I2109": ("troponin_st", ("troponin_st",), "strong"),
@@ -112,7 +108,7 @@ CONDITION_PATHS: dict[str, tuple[str | None, tuple[str, ...], str]] = {
              "strong"),
     "R6520": (None, ("acute_illness_hr", "temperature_hr", "anemia_hr") + _via("acidosis_potassium", _K_HIGH),
               "strong"),
-    "K7469": (None, ("cirrhosis_qtc", "calcium_qtc"), "weak"),  # low albumin carries total Ca down
+    "K7469": (None, ("cirrhosis_qtc", "calcium_qtc"), "strong"),  # low albumin carries total Ca down too
     "E669": (None, ("bmi_voltage",), "weak"),
     "E785": (None, (), "none"),
     "I447": ("conduction_ecg", ("conduction_ecg",), "strong"),
