@@ -190,7 +190,8 @@ def _sinusoids(rng, n, T, nl, f_lo, f_hi, amp, fs, block=100):
     a = w * (np.arange(nb, dtype=f32) * block)[None, :, None, None] + phase  # block starts
     b = w * np.arange(block, dtype=f32)[None, None, :, None]  # within a block
     amp = amp.astype(f32)[:, :, None, :]
-    out = (amp * np.sin(a)) * np.cos(b) + (amp * np.cos(a)) * np.sin(b)
+    out = np.multiply(amp * np.sin(a), np.cos(b))
+    out += np.multiply(amp * np.cos(a), np.sin(b))  # in place: one temporary less, same rounding
     return out.reshape(n, nb * block, nl)[:, :T]
 
 
@@ -208,8 +209,9 @@ def add_noise(rng, sig8, cfg, boost=None, fs=FS, bank=None):
         bank = _noise_bank(0)
     rows = bank[: len(bank) // nl * nl].reshape(-1, nl)
     starts = rng.integers(0, len(rows) - T, (n, 1))
-    white = np.take(rows, starts + np.arange(T)[None, :], axis=0)  # (n, T, nl) windows of the bank
-    out += (rng.uniform(0.010, 0.030, (n, 1, 1)) * s).astype(f32) * white  # EMG/white 10-30 uV
+    level = (rng.uniform(0.010, 0.030, (n, 1, 1)) * s).astype(f32)  # EMG/white 10-30 uV
+    for i in range(n):  # a window of the bank per record: a view, no gather
+        out[i] += level[i] * rows[starts[i, 0]:starts[i, 0] + T]
     hum = np.flatnonzero(rng.random(n) < cfg.p_mains)
     if len(hum):
         out[hum] += _sinusoids(rng, len(hum), T, nl, 60, 60, rng.uniform(0.01, 0.05, (len(hum), 1, nl)) * s[hum], fs)

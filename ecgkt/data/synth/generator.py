@@ -71,24 +71,33 @@ def generate(out_dir, patients: int = 1000, seed: int = 0, config: SynthConfig |
     t0 = time.perf_counter()
     sim = simulate(patients, seed, cfg)
     t_sim = time.perf_counter() - t0
+    tables = {}
+
+    def clinical_tables():  # needs no record: written while the records render
+        codes.extend(coding.diagnoses(np.random.default_rng([seed, 37, 1]), sim.enc, sim.ecg, cfg))
+        enc_tables, hadm, stay, intime, outtime, _ = mimic_clinical.encounter_tables(sim, codes)
+        tables.update(enc_tables)
+        tables["hosp/labevents"] = mimic_clinical.labevents(sim, hadm)
+        tables["hosp/d_labitems"] = mimic_clinical.d_labitems()
+        tables["hosp/omr"] = mimic_clinical.omr(sim)
+        tables["hosp/patients"] = mimic_clinical.patients(sim)
+        tables["ed/vitalsign"], tables["ed/triage"] = mimic_clinical.ed_vitals(sim, stay, intime, outtime)
+        for name, df in tables.items():
+            write_csv(df, clin_root / f"{name}.csv.gz", gz=True)
+        ids.update(hadm=hadm, stay=stay)
+
+    codes: list = []
+    ids: dict = {}
     if cfg.waveforms:
-        stats = mimic_ecg.write_waveforms(sim, ecg_root, progress=progress, jobs=jobs)
+        stats = mimic_ecg.write_waveforms(sim, ecg_root, progress=progress, jobs=jobs, meanwhile=clinical_tables)
         rr, sim.ecg["pvc_count"] = stats[:, 0], stats[:, 1].astype(int)
     else:  # no records: the expected values
+        clinical_tables()
         rr = sim.ecg["rr"].copy()
         sim.ecg["pvc_count"] = np.rint(sim.ecg["pvc_rate"] * 10000 / rr).astype(int)
     t_wave = time.perf_counter() - t0 - t_sim
-    codes = coding.diagnoses(np.random.default_rng([seed, 37, 1]), sim.enc, sim.ecg, cfg)
     mimic_ecg.write_ecg_tables(sim, rr, ecg_root)
-    tables, hadm, stay, intime, outtime, _ = mimic_clinical.encounter_tables(sim, codes)
-    tables["hosp/labevents"] = mimic_clinical.labevents(sim, hadm)
-    tables["hosp/d_labitems"] = mimic_clinical.d_labitems()
-    tables["hosp/omr"] = mimic_clinical.omr(sim)
-    tables["hosp/patients"] = mimic_clinical.patients(sim)
-    tables["ed/vitalsign"], tables["ed/triage"] = mimic_clinical.ed_vitals(sim, stay, intime, outtime)
-    for name, df in tables.items():
-        write_csv(df, clin_root / f"{name}.csv.gz", gz=True)
-    write_csv(_truth(sim, rr, codes, hadm, stay), out / "synth_truth.csv.gz", gz=True)
+    write_csv(_truth(sim, rr, codes, ids["hadm"], ids["stay"]), out / "synth_truth.csv.gz", gz=True)
     elapsed = time.perf_counter() - t0
     summary = {
         "out_dir": str(out), "seed": seed, "patients": patients, "records": len(sim.ecgs),

@@ -39,7 +39,12 @@ def write_record(root: Path, rel: str, header: str, frames: np.ndarray) -> None:
     """Write ``rel``.hea and ``rel``.dat (format 16: little-endian int16); ``frames`` is (T, 12),
     one row per sample, as the .dat interleaves the signals."""
     base = root / rel
-    os.makedirs(base.parent, exist_ok=True)
+    try:  # the study folder is new; its subject folders usually exist already
+        os.mkdir(base.parent)
+    except FileNotFoundError:
+        os.makedirs(base.parent, exist_ok=True)
+    except FileExistsError:
+        pass
     frames.astype("<i2", copy=False).tofile(str(base) + ".dat")
     with open(str(base) + ".hea", "w", newline="\n") as f:
         f.write(header)
@@ -67,7 +72,8 @@ def _write_chunk(sim: Simulation, ecg_root: Path, c: int, bank: np.ndarray) -> t
     size = sim.config.chunk_records
     rows = np.arange(c * size, min((c + 1) * size, len(sim.ecgs)))
     frames, stats = render_chunk(sim, c, rows, bank)  # (n, T, 12): the .dat sample order
-    checksums = frames.sum(axis=1, dtype=np.int64) % 65536
+    # per-lead sums: int32 is exact (|sum| <= 5000 * 32768 < 2**31) and einsum reduces it fastest
+    checksums = np.einsum("ntl->nl", frames.astype(np.int32)) % 65536
     subj, study = sim.ecgs["subject_id"].to_numpy(), sim.ecgs["study_id"].to_numpy()
     when = pd.to_datetime(sim.ecgs["ecg_time_s"].to_numpy()[rows], unit="s")
     for j, i in enumerate(rows):
@@ -87,11 +93,13 @@ def _worker_chunk(c):
     return _write_chunk(_WORKER["sim"], _WORKER["ecg_root"], c, _WORKER["bank"])
 
 
-def write_waveforms(sim: Simulation, ecg_root: Path, progress: bool = True, jobs: int = 1) -> np.ndarray:
+def write_waveforms(sim: Simulation, ecg_root: Path, progress: bool = True, jobs: int = 1, meanwhile=None) -> np.ndarray:
     """Render and write every record (``jobs`` processes); returns per ECG (m, 2): the mean RR in
     ms and the number of ventricular premature beats in the record.
 
     Chunks draw from their own seeded streams, so the files do not depend on ``jobs``.
+    ``meanwhile()`` (work that does not need the records, e.g. the clinical tables) runs in this
+    process while the worker processes render.
     """
     from tqdm import tqdm
 
@@ -109,6 +117,8 @@ def write_waveforms(sim: Simulation, ecg_root: Path, progress: bool = True, jobs
         if jobs <= 1 or n_chunks < 2:
             for c in range(n_chunks):
                 done(*_write_chunk(sim, ecg_root, c, bank))
+            if meanwhile is not None:
+                meanwhile()
         else:
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor
@@ -116,8 +126,11 @@ def write_waveforms(sim: Simulation, ecg_root: Path, progress: bool = True, jobs
             ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
             with ProcessPoolExecutor(min(jobs, n_chunks), mp_context=ctx, initializer=_worker_init,
                                      initargs=(sim, ecg_root, bank)) as pool:
-                for c, chunk in pool.map(_worker_chunk, range(n_chunks)):
-                    done(c, chunk)
+                futures = [pool.submit(_worker_chunk, c) for c in range(n_chunks)]
+                if meanwhile is not None:
+                    meanwhile()
+                for f in futures:
+                    done(*f.result())
     return stats
 
 
