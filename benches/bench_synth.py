@@ -43,23 +43,24 @@ def bench_generate(patients: int, jobs_list, tmp: Path) -> None:
 def bench_writer(n: int, tmp: Path) -> None:
     import wfdb
 
-    from ecgkt.data import ecg_synth, synth
+    from ecgkt.data import synth
+    from ecgkt.data.synth import beat_model, mimic_ecg
 
     sim = synth.simulate(n, 1)
     rows = np.arange(min(n, len(sim.ecgs)))
-    frames, _ = synth._render_chunk(sim, 0, rows, ecg_synth._noise_bank(1))
+    frames, _ = mimic_ecg.render_chunk(sim, 0, rows, beat_model._noise_bank(1))
     when = sim.ecgs["ecg_time_s"].to_numpy()
     t0 = time.perf_counter()
     for j in rows:
-        hea = ecg_synth.header_text(40000000 + j, 10000000 + j, np.datetime64(int(when[j]), "s").item(), frames[j])
-        ecg_synth.write_record(tmp / "ours", f"r{j}/{j}", hea, frames[j])
+        hea = mimic_ecg.header_text(40000000 + j, 10000000 + j, np.datetime64(int(when[j]), "s").item(), frames[j])
+        mimic_ecg.write_record(tmp / "ours", f"r{j}/{j}", hea, frames[j])
     ours = time.perf_counter() - t0
     (tmp / "wfdb").mkdir()
     t0 = time.perf_counter()
     for j in rows:
         d = tmp / "wfdb" / f"r{j}"
         d.mkdir()
-        wfdb.wrsamp(str(40000000 + j), fs=500, units=["mV"] * 12, sig_name=list(ecg_synth.MIMIC_LEADS),
+        wfdb.wrsamp(str(40000000 + j), fs=500, units=["mV"] * 12, sig_name=list(beat_model.MIMIC_LEADS),
                     d_signal=frames[j].astype(np.int64), fmt=["16"] * 12, adc_gain=[200.0] * 12,
                     baseline=[0] * 12, write_dir=str(d))
     peer = time.perf_counter() - t0

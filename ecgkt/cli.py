@@ -10,7 +10,7 @@ from .errors import ECGKTError
 
 # module providing add_cli(subparsers); each add_cli sets `func` on its parser.
 COMMANDS = [
-    "ecgkt.data.synth",
+    "ecgkt.data.synth.cli",
     "ecgkt.data.prepare_cli",
     "ecgkt.train.cli",
     "ecgkt.predict.cli",

@@ -18,7 +18,8 @@ from scipy.signal import find_peaks
 from scipy.stats import spearmanr
 
 from ecgkt import cli
-from ecgkt.data import ecg_synth, physiology, synth
+from ecgkt.data import synth
+from ecgkt.data.synth import beat_model, coding, rules
 from ecgkt.errors import ECGKTError
 
 SEED = 11
@@ -141,7 +142,7 @@ def test_wfdb_reads_a_record_in_mimic_layout(small):
     base = small / "mimic-iv-ecg" / row["path"]
     rec = wfdb.rdrecord(str(base))
     assert rec.fs == 500 and rec.sig_len == 5000 and rec.n_sig == 12
-    assert rec.sig_name == list(ecg_synth.MIMIC_LEADS)
+    assert rec.sig_name == list(beat_model.MIMIC_LEADS)
     assert rec.sig_name[4:6] == ["aVF", "aVL"]  # MIMIC's order, not the usual aVL, aVF
     assert rec.adc_gain == [200.0] * 12 and rec.baseline == [0] * 12 and rec.fmt == ["16"] * 12
     assert rec.units == ["mV"] * 12
@@ -226,7 +227,7 @@ def test_machine_measurements_match_the_waveforms(small):
     p = sim.ecg
     rows = []
     for i, sid in enumerate(sim.ecgs["study_id"]):
-        on, end, t_end = _measure_template(*ecg_synth.template(p, i))
+        on, end, t_end = _measure_template(*beat_model.template(p, i))
         r = mm.loc[sid]
         qt_csv = np.nan if r.t_end == synth.MISSING else r.t_end - r.qrs_onset
         rows.append((end - on, r.qrs_end - r.qrs_onset, t_end - on, qt_csv, p["lbbb"][i], p["af"][i],
@@ -349,24 +350,25 @@ def test_every_rule_changes_the_ecg_parameters_and_off_removes_it():
         "calcium_qtc": "qtc", "magnesium_qtc": "qtc", "troponin_st": "st_elev", "bnp_af": "af", "bnp_lvh": "lvh",
         "bnp_qrs": "qrs", "anemia_hr": "hr", "glucose_hypo": "hr", "temperature_hr": "hr", "sex_qtc": "qtc",
         "age_ecg": "pr", "bmi_voltage": "volt", "conduction_ecg": "qrs", "creatinine_potassium": "t_amp",
-        "acidosis_potassium": "qtc", "electrolyte_ectopy": "pvc_rate",
+        "acidosis_potassium": "qtc", "electrolyte_ectopy": "pvc_rate", "acute_illness_hr": "hr", "ckd_ecg": "qtc",
+        "cirrhosis_qtc": "qtc", "diabetes_hr": "hr",
     }
-    assert set(probes) == set(physiology.RULES)
+    assert set(probes) == set(rules.RULES)
     for rule, param in probes.items():
         off = synth.simulate(3000, 9, synth.SynthConfig(rules={rule: 0}))
         changed = np.asarray(base.ecg[param], float) != np.asarray(off.ecg[param], float)
         assert changed.any(), rule
     # sodium is not an input of any rule: doubling every rule leaves sodium's draw untouched
-    doubled = synth.simulate(3000, 9, synth.SynthConfig(rules={r: 2.0 for r in physiology.RULES}))
+    doubled = synth.simulate(3000, 9, synth.SynthConfig(rules={r: 2.0 for r in rules.RULES}))
     assert np.array_equal(base.enc["na"], doubled.enc["na"])
 
 
 def test_diagnoses_use_tabular_only_and_ecg_only_information(small):
-    codes = {c for c, _, _ in physiology.ICD10}
+    codes = {c for c, _, _ in coding.ICD10}
     assert {"E871", "E119", "D649", "N179", "A419"} <= codes  # sodium, glucose, Hb, creatinine, sepsis markers
     assert {"I447", "I4510", "I440"} <= codes  # conduction disease: ECG only
     sim = synth.simulate(3000, 4)
-    dx = physiology.diagnoses(np.random.default_rng(0), sim.enc, sim.ecg, sim.config)
+    dx = coding.diagnoses(np.random.default_rng(0), sim.enc, sim.ecg, sim.config)
     hypona = np.array(["E871" in d for d in dx])
     assert hypona.mean() > 0.01
     assert np.corrcoef(hypona, sim.enc["na"] < 132)[0, 1] > 0.7
