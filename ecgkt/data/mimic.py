@@ -176,6 +176,8 @@ def _table(root: Path, rel: str, required: bool = True, **kw) -> pd.DataFrame | 
                 message = " ".join(str(e).split()) or type(e).__name__
                 raise ECGKTError(f"{path}: cannot read table ({message})") from None
             _require(df, TABLE_COLUMNS.get(rel, ()), path)
+            if rel == "record_list.csv" and len(df) == 0:
+                raise ECGKTError(f"{path}: lists no records")
             return _check_keys(df, path)
     if required:
         raise ECGKTError(f"{root / rel}: required MIMIC table not found")
