@@ -5,6 +5,7 @@ run code. ``save`` turns NumPy values into those plain types first, so everythin
 from __future__ import annotations
 
 import pickle
+import re
 from collections import OrderedDict
 from pathlib import Path
 
@@ -50,9 +51,12 @@ def load(path, map_location="cpu"):
     except FileNotFoundError:
         raise ECGKTError(f"{path}: checkpoint is missing") from None
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ECGKTError(f"{path}: refused to load: not a plain ecgkt checkpoint, it could run code "
-                         f"({first[:160]}); delete it to retrain this stage") from None
+        code = re.search(r"GLOBAL (\S+)|[Uu]nsupported global: (\S+)", str(e))
+        if code:
+            raise ECGKTError(f"{path}: refused to load: the file asks to run code ({code.group(1) or code.group(2)}), "
+                             f"which an ecgkt checkpoint never does; delete it to retrain this stage") from None
+        raise ECGKTError(f"{path}: damaged checkpoint (not a torch checkpoint of plain values); delete it to "
+                         f"retrain this stage") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError, TypeError) as e:
         first = " ".join(str(e).split())[:160] or type(e).__name__
         raise ECGKTError(f"{path}: damaged checkpoint ({first}); delete it to retrain this stage") from None
