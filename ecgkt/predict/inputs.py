@@ -145,6 +145,8 @@ def _from_list(list_file: Path, folder_npy: bool) -> tuple[list[Source], list[Fa
         return [], [Failure(e.path, e.problem)]
     except OSError as e:
         return [], [Failure(str(list_file), f"cannot read record list ({e.strerror or e})")]
+    except (csv.Error, ValueError) as e:  # a malformed .csv list
+        return [], [Failure(str(list_file), f"malformed record list ({' '.join(str(e).split())})")]
     if not entries:
         return [], [Failure(str(list_file), "record list is empty")]
     sources, failures = [], []

@@ -23,6 +23,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from ..errors import ECGKTError
+from ..io import atomic_write, atomic_write_text
 from . import checkpoint, config as config_mod, distributed, stages
 
 # Keys that may change between a run and its resumption without changing its results.
@@ -195,7 +196,7 @@ def evaluate_run(ctx, r: dict) -> dict:
     if "finetune" in r:
         save_final_model(ctx, r)
     preds = collect_predictions(ctx, r)
-    np.savez(run_dir / "predictions.npz", **preds)
+    atomic_write(run_dir / "predictions.npz", lambda f: np.savez(f, **preds))
     histories = {k: v.get("history", []) for k, v in r.items()}
     checkpoint.save_json(histories, run_dir / "histories.json")
     return write_results(run_dir, preds, histories, ctx.dx_names, ctx.lab_label_names, ctx.cfg)
@@ -211,7 +212,7 @@ def write_results(run_dir, preds: dict, histories: dict, dx_names, lab_label_nam
     res["seed"] = cfg["seed"]
     res["config"] = {**cfg, "runtime": {**cfg["runtime"], "fail_after": None}}
     checkpoint.save_json(res, run_dir / "results.json")
-    (run_dir / "results.md").write_text(report.markdown(res))
+    atomic_write_text(run_dir / "results.md", report.markdown(res))
     plot_dir = run_dir / "plots"
     plot_dir.mkdir(exist_ok=True)
     plots.training_curves(histories, plot_dir / "training_curves.png")
