@@ -58,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     except ECGKTError as e:
         print(f"ecgkt: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a file system problem (disk full, permissions, a file where a folder belongs)
+        from .io import describe_os_error
+
+        print(f"ecgkt: error: {describe_os_error(e)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("ecgkt: interrupted", file=sys.stderr)
         return 130

@@ -1,4 +1,6 @@
-"""User-facing errors. The CLI prints them as one line (no traceback) and exits non-zero."""
+"""User-facing errors. The CLI prints them as one line (``ecgkt: error: <file>: <problem>``, no
+traceback) on standard error and exits with status 2; ``predict`` exits 1 when only some inputs failed.
+File-system errors (a full disk, permissions) are reported the same way."""
 
 
 class ECGKTError(Exception):
@@ -12,3 +14,6 @@ class RecordError(ECGKTError, ValueError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+    def __reduce__(self):  # picklable, so a worker process can report it
+        return (type(self), (self.path, self.problem))

@@ -41,8 +41,8 @@ def read_labevents(path, itemids, block_size: int = 16 << 20, progress: bool = F
             convert_options=pacsv.ConvertOptions(include_columns=list(LAB_COLUMNS), column_types=types,
                                                  strings_can_be_null=True),
         )
-    except (pa.ArrowInvalid, KeyError) as e:
-        raise ECGKTError(f"{path}: not a MIMIC labevents table ({e})") from None
+    except (pa.ArrowException, KeyError, OSError, EOFError) as e:
+        raise ECGKTError(f"{path}: not a MIMIC labevents table ({' '.join(str(e).split())})") from None
     bar = None
     if progress:
         from tqdm import tqdm
@@ -61,8 +61,8 @@ def read_labevents(path, itemids, block_size: int = 16 << 20, progress: bool = F
                 kept.append(pa.Table.from_batches([part]))
             if bar is not None:
                 bar.update(batch.num_rows)
-    except pa.ArrowInvalid as e:
-        raise ECGKTError(f"{path}: cannot parse labevents ({e})") from None
+    except (pa.ArrowException, OSError, EOFError) as e:  # malformed rows, a truncated .gz
+        raise ECGKTError(f"{path}: cannot parse labevents ({' '.join(str(e).split())})") from None
     finally:
         if bar is not None:
             bar.close()

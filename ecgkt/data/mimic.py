@@ -10,9 +10,11 @@ machine measurements, report statements, folds).
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 import re
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +119,13 @@ def find_roots(data_dir) -> tuple[Path, Path | None]:
     if ecg is None:
         raise ECGKTError(f"{data_dir}: no MIMIC-IV-ECG root (record_list.csv) found below this folder")
     clinical = _find(data_dir, "hosp/patients.csv.gz") or _find(data_dir, "hosp/patients.csv")
+    if clinical is None:
+        partial = next((hit for rel in CLINICAL_MARKERS for hit in [_find(data_dir, rel)] if hit is not None), None)
+        if partial is not None:
+            raise ECGKTError(f"{partial / 'hosp' / 'patients.csv.gz'}: missing; the MIMIC-IV tables beside it "
+                             f"cannot be joined without it (or give --ecg-root alone for an ECG-only store)")
+        warnings.warn(f"{data_dir}: no MIMIC-IV clinical tables (hosp/patients.csv.gz) below this folder; the store "
+                      f"holds the ECG-side columns only (no clinical features, labs or ICD labels)", stacklevel=2)
     return ecg, clinical
 
 
@@ -133,16 +142,63 @@ def _find(root: Path, rel: str, depth: int = 5) -> Path | None:
     return None
 
 
+# Tables (other than hosp/patients) whose presence shows a MIMIC-IV root.
+CLINICAL_MARKERS = ("hosp/labevents.csv.gz", "hosp/labevents.csv", "hosp/admissions.csv.gz",
+                    "hosp/admissions.csv", "hosp/omr.csv.gz", "hosp/omr.csv")
+# The columns ecgkt reads from each table; a table without one is an error naming the file.
+TABLE_COLUMNS = {
+    "record_list.csv": ("subject_id", "study_id", "ecg_time", "path"),
+    "machine_measurements.csv": ("study_id",),
+    "hosp/patients.csv.gz": ("subject_id", "gender", "anchor_age", "anchor_year"),
+    "hosp/admissions.csv.gz": ("subject_id", "hadm_id", "admittime", "dischtime"),
+    "hosp/diagnoses_icd.csv.gz": ("hadm_id", "icd_code", "icd_version"),
+    "hosp/omr.csv.gz": ("subject_id", "chartdate", "result_name", "result_value"),
+    "ed/edstays.csv.gz": ("subject_id", "stay_id", "intime", "outtime"),
+    "ed/vitalsign.csv.gz": ("subject_id", "charttime"),
+    "ed/triage.csv.gz": ("subject_id", "stay_id"),
+    "ed/diagnosis.csv.gz": ("stay_id", "icd_code", "icd_version"),
+}
+# Key columns: every value must be an integer (a row that cannot be joined is a broken table, not a skip).
+ID_COLUMNS = ("subject_id", "study_id")
+# Numeric columns: empty is allowed (missing), text is not.
+NUMERIC_COLUMNS = ("hadm_id", "stay_id", "icd_version", "anchor_age", "anchor_year")
+
+
 def _table(root: Path, rel: str, required: bool = True, **kw) -> pd.DataFrame | None:
+    """A MIMIC table (``.csv.gz`` or plain ``.csv``), checked: every problem (unreadable or truncated file,
+    malformed rows, a missing column, a key that is not an integer) is one ECGKTError naming the file."""
     for name in (rel, rel.removesuffix(".gz")):
-        if (root / name).is_file():
+        path = root / name
+        if path.is_file():
             try:
-                return pd.read_csv(root / name, **kw)
-            except (ValueError, pd.errors.ParserError) as e:
-                raise ECGKTError(f"{root / name}: cannot read table ({e})") from None
+                df = pd.read_csv(path, **kw)
+            except (ValueError, pd.errors.ParserError, EOFError, OSError, zlib.error, csv.Error) as e:
+                message = " ".join(str(e).split()) or type(e).__name__
+                raise ECGKTError(f"{path}: cannot read table ({message})") from None
+            _require(df, TABLE_COLUMNS.get(rel, ()), path)
+            if rel == "record_list.csv" and len(df) == 0:
+                raise ECGKTError(f"{path}: lists no records")
+            return _check_keys(df, path)
     if required:
         raise ECGKTError(f"{root / rel}: required MIMIC table not found")
     return None
+
+
+def _check_keys(df: pd.DataFrame, path) -> pd.DataFrame:
+    for col in ID_COLUMNS + NUMERIC_COLUMNS:
+        if col not in df.columns or pd.api.types.is_integer_dtype(df[col]):
+            continue
+        num = pd.to_numeric(df[col], errors="coerce")
+        bad = num.isna() & df[col].notna()
+        if col in ID_COLUMNS:
+            bad |= df[col].isna()
+        if not bad.any():
+            bad = (num % 1 != 0) & num.notna()
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise ECGKTError(f"{path}: row {row + 2}: {col} {df[col].iat[row]!r} is not an integer id")
+        df[col] = num.astype(np.int64) if col in ID_COLUMNS else num
+    return df
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,21 +18,25 @@ redoes only the chunks without a marker, and the finished store is identical eit
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
 import dataclasses
+import errno
 import hashlib
 import json
 import multiprocessing
 import os
 import shutil
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ..errors import ECGKTError, RecordError
+from ..io import atomic_write, atomic_write_json, describe_os_error, read_json, temp_path
 from .mimic import Cohort, CohortConfig, build_cohort, find_roots
-from .wfdb_io import INVALID, STANDARD_LEADS, ECGRecord, read_header, read_record
+from .wfdb_io import INVALID, STANDARD_LEADS, ECGRecord, read_header, read_record, validate_record
 
 FORMAT_VERSION = 1
 
@@ -40,40 +44,16 @@ FORMAT_VERSION = 1
 _after_chunk_hook = None
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _atomic_json(path: Path, obj) -> None:
-    _atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True, default=_json_default).encode())
-
-
-def _json_default(x):
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (np.floating,)):
-        return float(x)
-    if isinstance(x, np.bool_):
-        return bool(x)
-    raise TypeError(type(x))
+    atomic_write_json(path, obj, indent=1, sort_keys=True)
 
 
 def _atomic_parquet(path: Path, df: pd.DataFrame) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: df.to_parquet(f, index=False))
 
 
 def _atomic_npy(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, arr)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: np.save(f, arr))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,22 +84,50 @@ def _convert_chunk(args) -> tuple[int, int]:
         gains[i], baselines[i] = rec.gain, rec.baseline
     signals.flush()  # samples on disk before the marker says so
     del signals
-    tmp = Path(str(marker) + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, gains=gains, baselines=baselines, reasons=np.array(reasons, dtype=np.str_))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, marker)
+    atomic_write(Path(marker), lambda f: np.savez(f, gains=gains, baselines=baselines,
+                                                   reasons=np.array(reasons, dtype=np.str_)))
     return k, sum(bool(r) for r in reasons)
 
 
 def _validate(rec: ECGRecord, fs: float, n_samples: int) -> None:
+    """The door of the store: the record passed validate_record when read (rate, float32 gains and
+    baselines, amplitude, usable signal); here it must also fit the store's geometry, and the part
+    stored must still carry signal."""
     if abs(rec.fs - fs) > 1e-6:
         raise RecordError(rec.path, f"sampling rate {rec.fs:g} Hz differs from the store's {fs:g} Hz")
     if rec.n_samples < n_samples:
         raise RecordError(rec.path, f"{rec.n_samples} samples, the store holds {n_samples} per record")
-    if (rec.signal[:, :n_samples] == INVALID).all():
-        raise RecordError(rec.path, "every sample is missing (-32768)")
+    if rec.n_samples > n_samples:
+        validate_record(rec.window(0, n_samples))
+
+
+def _scan_headers(paths) -> list:
+    """(fs, length) of each record's header, None where the header is unusable (runs in the workers)."""
+    out = []
+    for path in paths:
+        try:
+            h = read_header(path)
+            out.append((float(h.fs), int(h.sig_len)))
+        except RecordError:
+            out.append(None)
+        except Exception:  # noqa: BLE001 - the record is skipped with its reason when converted
+            out.append(None)
+    return out
+
+
+def plan_geometry(headers) -> tuple[float, int]:
+    """The store's (fs, samples per record) decided from every record's header, never from one: the most
+    common sampling rate, then the most common length at that rate (ties: the shorter, which fits more
+    records). Records at other rates, or shorter, are skipped with their reason; longer ones truncated."""
+    usable = [h for h in headers if h is not None]
+    if not usable:
+        raise ECGKTError("no record of the cohort has a readable header; see the reasons with a small --chunk-size "
+                         "run, or check the record paths in record_list.csv")
+    rates = Counter(fs for fs, _ in usable)
+    fs = max(rates, key=lambda r: (rates[r], -r))
+    lengths = Counter(n for r, n in usable if r == fs)
+    n = max(lengths, key=lambda m: (lengths[m], -m))
+    return fs, n
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,8 +148,10 @@ def prepare(roots, out_dir, config: CohortConfig | None = None, *, workers: int 
     """Build (or finish building) a signal store from MIMIC-shaped roots.
 
     ``roots`` is one folder holding ``mimic-iv-ecg/`` and ``mimic-iv/`` (any nesting), or a pair
-    (ECG root, clinical root or None). ``fs`` / ``n_samples`` default to the first readable
-    record's; records with another rate or fewer samples are skipped, longer ones truncated.
+    (ECG root, clinical root or None). ``fs`` / ``n_samples`` default to the most common rate and
+    length over every record's header (``plan_geometry``); records with another rate or fewer samples
+    are skipped with their reason, longer ones truncated. Every record is checked at the door
+    (``validate_record``): one that could not be trained on is listed in skipped.csv, never stored.
     """
     cfg = config or CohortConfig()
     ecg_root, clinical_root = _resolve_roots(roots)
@@ -151,10 +161,13 @@ def prepare(roots, out_dir, config: CohortConfig | None = None, *, workers: int 
                 "config": dataclasses.asdict(cfg), "chunk_size": int(chunk_size),
                 "fs": fs, "n_samples": n_samples}
     fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    if out.exists() and not out.is_dir():
+        raise ECGKTError(f"{out}: is a file; give a folder for the store")
     manifest = out / "manifest.json"
     if manifest.exists():
-        done = json.loads(manifest.read_text())
+        done = read_json(manifest, "store manifest")
         if done.get("fingerprint") == fingerprint and not overwrite:
+            shutil.rmtree(out / "work", ignore_errors=True)  # a run killed during its final clean-up
             return ECGStore(out)
         if not overwrite:
             raise ECGKTError(f"{out}: holds a store built with other settings; use another folder or overwrite")
@@ -163,7 +176,7 @@ def prepare(roots, out_dir, config: CohortConfig | None = None, *, workers: int 
     work = out / "work"
     (work / "chunks").mkdir(parents=True, exist_ok=True)
     state_path = work / "state.json"
-    if state_path.exists() and json.loads(state_path.read_text()).get("fingerprint") != fingerprint:
+    if state_path.exists() and read_json(state_path, "prepare state").get("fingerprint") != fingerprint:
         shutil.rmtree(work)  # progress of a run with other settings: start over
         (work / "chunks").mkdir(parents=True)
     if not state_path.exists():
@@ -177,12 +190,15 @@ def prepare(roots, out_dir, config: CohortConfig | None = None, *, workers: int 
         _atomic_parquet(work / "cohort_all.parquet", cohort.table)
         plan_fs, plan_len = fs, n_samples
         if plan_fs is None or plan_len is None:
-            h = _first_header(cohort.table["record"])
-            plan_fs = h.fs if plan_fs is None else plan_fs
-            plan_len = h.sig_len if plan_len is None else plan_len
+            records = cohort.table["record"].tolist()
+            pieces = [records[i:i + chunk_size] for i in range(0, len(records), chunk_size)]
+            headers = [h for part in _run_parallel(_scan_headers, pieces, workers, ordered=True) for h in part]
+            auto_fs, auto_len = plan_geometry(headers)
+            plan_fs = auto_fs if plan_fs is None else plan_fs
+            plan_len = auto_len if plan_len is None else plan_len
         _atomic_json(state_path, {"fingerprint": fingerprint, "meta": cohort.meta(),
                                   "fs": float(plan_fs), "n_samples": int(plan_len)})
-    state = json.loads(state_path.read_text())
+    state = read_json(state_path, "prepare state")
     table = pd.read_parquet(work / "cohort_all.parquet")
     store_fs, store_len = state["fs"], state["n_samples"]
 
@@ -191,9 +207,7 @@ def prepare(roots, out_dir, config: CohortConfig | None = None, *, workers: int 
     n_rows = len(paths)
     signals_path = out / "signals.int16"
     if not signals_path.exists():
-        tmp = out / "signals.int16.tmp"
-        np.memmap(tmp, dtype=np.int16, mode="w+", shape=(n_rows, 12, store_len)).flush()  # sparse file
-        os.replace(tmp, signals_path)
+        _allocate(signals_path, n_rows * 12 * int(store_len) * 2)
     n_chunks = (n_rows + chunk_size - 1) // chunk_size
     markers = [work / "chunks" / f"chunk_{k:06d}.npz" for k in range(n_chunks)]
     todo = [(k, k * chunk_size, paths[k * chunk_size:(k + 1) * chunk_size], store_fs, store_len,
@@ -205,7 +219,7 @@ def prepare(roots, out_dir, config: CohortConfig | None = None, *, workers: int 
         bar = tqdm(total=n_rows, initial=n_rows - sum(len(t[2]) for t in todo), desc="prepare", unit=" rec")
     sizes = {t[0]: len(t[2]) for t in todo}
     try:
-        for k, _ in _run_chunks(todo, workers):
+        for k, _ in _run_parallel(_convert_chunk, todo, workers):
             if bar is not None:
                 bar.update(sizes[k])
             if _after_chunk_hook is not None:
@@ -229,24 +243,48 @@ def _remove_store_files(out: Path) -> None:
     shutil.rmtree(out / "work", ignore_errors=True)
 
 
-def _first_header(records):
-    last = None
-    for path in records:
-        try:
-            return read_header(path)
-        except RecordError as e:
-            last = e
-    raise ECGKTError(f"no readable record header in the cohort (last error: {last})")
+def _allocate(path: Path, nbytes: int) -> None:
+    """Create the signal file with its disk space reserved up front: a full disk is one clear error now,
+    not a worker killed by SIGBUS when a page of the memory map cannot be backed later."""
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            try:
+                os.posix_fallocate(f.fileno(), 0, nbytes)
+            except OSError as e:
+                if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise
+                if shutil.disk_usage(path.parent).free < nbytes:  # no fallocate here: check instead
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from None
+                f.truncate(nbytes)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            free = shutil.disk_usage(path.parent).free
+            raise ECGKTError(f"{path}: not enough disk space for the signal store ({nbytes / 1e9:.3g} GB "
+                             f"needed, {free / 1e9:.3g} GB free)") from None
+        raise ECGKTError(f"cannot write {describe_os_error(e, path)}") from None
 
 
-def _run_chunks(todo, workers):
-    if workers <= 1 or len(todo) <= 1:
-        for t in todo:
-            yield _convert_chunk(t)
+def _run_parallel(fn, tasks, workers, ordered: bool = False):
+    """fn(task) for each task, in worker processes when workers > 1 (results as they finish, or in task order
+    with ``ordered``). A worker that dies (killed, SIGBUS) stops the run at once with one line, never a hang."""
+    if workers <= 1 or len(tasks) <= 1:
+        for t in tasks:
+            yield fn(t)
         return
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    with multiprocessing.get_context(method).Pool(min(workers, len(todo))) as pool:
-        yield from pool.imap_unordered(_convert_chunk, todo)
+    pool = cf.ProcessPoolExecutor(min(workers, len(tasks)), mp_context=multiprocessing.get_context(method))
+    try:
+        futures = [pool.submit(fn, t) for t in tasks]
+        for f in (futures if ordered else cf.as_completed(futures)):
+            yield f.result()
+    except cf.process.BrokenProcessPool:
+        raise ECGKTError("prepare: a worker process died (killed, out of memory, or a bus error writing the "
+                         "signal file); rerun the same command to resume") from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _finish(out, work, table, state, markers, fingerprint, settings, progress) -> "ECGStore":
@@ -264,14 +302,13 @@ def _finish(out, work, table, state, markers, fingerprint, settings, progress) -
     _atomic_parquet(out / "cohort.parquet", cohort)
     skipped = table.loc[~ok, ["subject_id", "study_id", "record"]].copy()
     skipped["reason"] = [r for r in reasons if r]
-    tmp = out / "skipped.csv.tmp"
-    skipped.to_csv(tmp, index=False)
-    os.replace(tmp, out / "skipped.csv")
+    atomic_write(out / "skipped.csv", lambda f: f.write(skipped.to_csv(index=False).encode()))
     meta = dict(state["meta"], fs=state["fs"], n_samples=state["n_samples"], leads=list(STANDARD_LEADS))
     _atomic_json(out / "meta.json", meta)
     n = int(ok.sum())
     summary = {"records_listed": n_rows, "records_stored": n, "records_skipped": n_rows - n,
-               "skip_reasons": _reason_counts(skipped["reason"])}
+               "skip_reasons": _reason_counts(skipped["reason"]), "fs": state["fs"],
+               "n_samples": state["n_samples"]}
     _atomic_json(out / "summary.json", summary)
     _atomic_json(out / "manifest.json", {"fingerprint": fingerprint, "format_version": FORMAT_VERSION,
                                          "n_records": n, "n_rows": n_rows, "n_leads": 12,
@@ -310,11 +347,11 @@ class ECGStore:
         manifest = self.path / "manifest.json"
         if not manifest.is_file():
             raise ECGKTError(f"{self.path}: not a finished ecgkt store (no manifest.json; run `ecgkt prepare`)")
-        self.manifest = json.loads(manifest.read_text())
+        self.manifest = read_json(manifest, "store manifest")
         if self.manifest.get("format_version") != FORMAT_VERSION:
             raise ECGKTError(f"{self.path}: store format {self.manifest.get('format_version')} is not "
                              f"{FORMAT_VERSION}; prepare it again")
-        self.meta = json.loads((self.path / "meta.json").read_text())
+        self.meta = read_json(self.path / "meta.json", "store metadata")
         self.fs = float(self.manifest["fs"])
         self.leads = list(self.manifest["leads"])
         self.n_samples = int(self.manifest["n_samples"])

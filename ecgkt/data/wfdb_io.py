@@ -36,6 +36,11 @@ _FORMAT_BYTES = {"8": 1.0, "80": 1.0, "16": 2.0, "61": 2.0, "160": 2.0, "212": 1
                  "310": 4.0 / 3.0, "311": 4.0 / 3.0, "24": 3.0, "32": 4.0}
 _UNIT_TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "v": 1e3, "nv": 1e-6}
 
+# What a usable record looks like (checked by validate_record, for every reader alike).
+MIN_FS, MAX_FS = 50.0, 20_000.0  # Hz: below, no ECG content survives; above, not an ECG recorder
+MAX_ABS_MV = 1e5  # an ECG sample beyond this many millivolts means a wrong gain or unit
+MIN_VALID_FRACTION = 0.5  # a lead with fewer valid samples than this carries no usable signal
+
 
 @dataclasses.dataclass
 class ECGRecord:
@@ -69,6 +74,88 @@ class ECGRecord:
             raise RecordError(self.path, f"window [{start}, {start + length}) outside the record's "
                                          f"{self.n_samples} samples")
         return dataclasses.replace(self, signal=self.signal[:, start:start + length])
+
+
+# ---------------------------------------------------------------------------------------------
+# validation: one set of rules for every reader (WFDB, DICOM, .npy, arrays), in the precision of use
+
+def check_fs(fs, where) -> float:
+    """The sampling rate as a float, or a RecordError: it must be finite and within MIN_FS..MAX_FS."""
+    try:
+        value = float(fs)
+    except (TypeError, ValueError):
+        raise RecordError(where, f"sampling rate {fs!r} is not a number") from None
+    if not math.isfinite(value) or not MIN_FS <= value <= MAX_FS:
+        raise RecordError(where, f"sampling rate {value:g} Hz is outside the usable range "
+                                 f"{MIN_FS:g}-{MAX_FS:g} Hz")
+    return value
+
+
+def check_calibration(gain, baseline, names, where) -> None:
+    """Gains and baselines as they will be used (float32, dividing int16 samples): each gain finite and
+    positive with a finite reciprocal, each baseline finite, (sample - baseline) / gain finite."""
+    g = np.asarray(gain, dtype=np.float64)
+    b = np.asarray(baseline, dtype=np.float64)
+    with np.errstate(all="ignore"):
+        g32, b32 = g.astype(np.float32), b.astype(np.float32)
+        span = (np.float32(32768) + np.abs(b32)) / g32
+        bad_gain = ~(np.isfinite(g) & (g > 0) & np.isfinite(g32) & (g32 > 0) & np.isfinite(np.float32(1) / g32))
+        bad_base = ~(np.isfinite(b) & np.isfinite(b32))
+        bad_span = ~np.isfinite(span)
+    for k in range(len(g)):
+        name = names[k] if k < len(names) else str(k)
+        if bad_gain[k]:
+            what = "is not a positive number" if not (math.isfinite(g[k]) and g[k] > 0) else                 "becomes 0 or infinite in float32"
+            raise RecordError(where, f"lead {name}: gain {g[k]:g} adu/mV {what}; cannot convert to mV")
+        if bad_base[k]:
+            raise RecordError(where, f"lead {name}: baseline {b[k]:g} adu is not finite in float32")
+        if bad_span[k]:
+            raise RecordError(where, f"lead {name}: gain {g[k]:g} with baseline {b[k]:g} gives "
+                                     f"infinite millivolts in float32")
+
+
+def usable_leads(record: "ECGRecord") -> np.ndarray:
+    """bool [leads]: leads with signal, i.e. at least MIN_VALID_FRACTION valid samples, not all equal."""
+    sig = record.signal
+    valid = sig != INVALID
+    enough = valid.mean(axis=1) >= MIN_VALID_FRACTION
+    big = np.iinfo(np.int16).max
+    hi = np.where(valid, sig, np.int16(-big)).max(axis=1)
+    lo = np.where(valid, sig, np.int16(big)).min(axis=1)
+    return enough & (hi > lo)
+
+
+def validate_record(record: "ECGRecord") -> "ECGRecord":
+    """Check a record the way it will be used; returns it, or raises a RecordError naming its file.
+
+    Shape int16 [leads, T] with T > 0; the sampling rate (check_fs); gains and baselines in float32
+    (check_calibration); no sample beyond MAX_ABS_MV; at least one lead with usable signal."""
+    where = record.path or "signal"
+    sig = record.signal
+    n = len(record.leads)
+    if not isinstance(sig, np.ndarray) or sig.dtype != np.int16 or sig.ndim != 2 or sig.shape[0] != n or n == 0:
+        raise RecordError(where, f"expected int16 samples [{n} leads, T], got {getattr(sig, 'dtype', type(sig))} "
+                                 f"{getattr(sig, 'shape', '')}")
+    if sig.shape[1] == 0:
+        raise RecordError(where, "the record holds no samples")
+    check_fs(record.fs, where)
+    gain = np.asarray(record.gain)
+    base = np.asarray(record.baseline)
+    if gain.shape != (n,) or base.shape != (n,):
+        raise RecordError(where, f"expected {n} gains and baselines, got {gain.shape} and {base.shape}")
+    check_calibration(gain, base, record.leads, where)
+    valid = sig != INVALID
+    if not valid.any():
+        raise RecordError(where, "no usable signal: every sample is missing (-32768)")
+    with np.errstate(all="ignore"):
+        peak = np.abs(np.where(valid, sig.astype(np.float32), base[:, None]) - base[:, None]).max(axis=1) / gain
+    worst = int(np.argmax(peak))
+    if not peak[worst] <= MAX_ABS_MV:
+        raise RecordError(where, f"lead {record.leads[worst]} reaches {peak[worst]:.3g} mV: not a plausible ECG "
+                                 f"(gain {float(gain[worst]):g} adu/mV; check the gain and units)")
+    if not usable_leads(record).any():
+        raise RecordError(where, "no usable signal: every lead is flat or mostly missing")
+    return record
 
 
 def lead_index(name: str) -> int | None:
@@ -172,19 +259,22 @@ def _wfdb_header(path: Path) -> _Header:
     described = len(h.sig_name or [])
     if described != h.n_sig or any(len(getattr(h, f) or []) != h.n_sig for f in ("fmt", "file_name", "adc_gain")):
         raise RecordError(f"{path}.hea", f"malformed header: declares {h.n_sig} signals, describes {described}")
-    gains = []
-    for g, u in zip(h.adc_gain, h.units or ["mV"] * h.n_sig):
-        scale = _UNIT_TO_MV.get(str(u or "mV").lower())
-        if scale is None:
-            raise RecordError(f"{path}.hea", f"signal units {u!r} are not a voltage")
-        gains.append(float(g) / scale)
-    skew = [s or 0 for s in (h.skew or [0] * h.n_sig)]
-    spf = [s or 1 for s in (h.samps_per_frame or [1] * h.n_sig)]
-    offsets = [o or 0 for o in (h.byte_offset or [0] * h.n_sig)]
-    simple = (all(f == "16" for f in h.fmt) and len(set(h.file_name)) == 1 and len(set(offsets)) == 1
-              and not any(skew) and all(s == 1 for s in spf))
-    return _Header(float(h.fs), int(h.sig_len), list(h.sig_name), list(h.fmt), list(h.file_name),
-                   offsets, gains, [int(b) for b in h.baseline], simple, spf)
+    try:
+        gains = []
+        for g, u in zip(h.adc_gain, h.units or ["mV"] * h.n_sig):
+            scale = _UNIT_TO_MV.get(str(u or "mV").lower())
+            if scale is None:
+                raise RecordError(f"{path}.hea", f"signal units {u!r} are not a voltage")
+            gains.append(float(g) / scale)
+        skew = [s or 0 for s in (h.skew or [0] * h.n_sig)]
+        spf = [int(s or 1) for s in (h.samps_per_frame or [1] * h.n_sig)]
+        offsets = [int(o or 0) for o in (h.byte_offset or [0] * h.n_sig)]
+        simple = (all(f == "16" for f in h.fmt) and len(set(h.file_name)) == 1 and len(set(offsets)) == 1
+                  and not any(skew) and all(s == 1 for s in spf))
+        return _Header(float(h.fs), int(h.sig_len), list(h.sig_name), list(h.fmt), list(h.file_name),
+                       offsets, gains, [int(b) for b in (h.baseline or [0] * h.n_sig)], simple, spf)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise RecordError(f"{path}.hea", f"malformed header ({type(e).__name__}: {e})") from None
 
 
 def read_header(path) -> _Header:
@@ -198,11 +288,10 @@ def read_header(path) -> _Header:
     header = _fast_header(text, path)
     if header is None:
         header = _wfdb_header(path)
-    for name, g in zip(header.sig_name, header.gain):
-        if not g > 0:
-            raise RecordError(hea, f"lead {name!r} has gain {g} (uncalibrated); cannot convert to mV")
-    if header.fs <= 0 or header.sig_len <= 0:
-        raise RecordError(hea, f"bad sampling rate {header.fs} or length {header.sig_len}")
+    header.fs = check_fs(header.fs, hea)
+    if not header.sig_len > 0:
+        raise RecordError(hea, f"the header gives no samples (length {header.sig_len})")
+    check_calibration(header.gain, header.baseline, header.sig_name, hea)
     return header
 
 
@@ -237,15 +326,20 @@ def _check_sizes(path: Path, h: _Header) -> None:
                                          f"({n} signals x {h.sig_len} samples)")
 
 
-def read_record(path, start: int = 0, stop: int | None = None) -> ECGRecord:
+def read_record(path, start: int = 0, stop: int | None = None, leads: str = "standard") -> ECGRecord:
     """Read samples [start, stop) of a WFDB record as a 12-lead :class:`ECGRecord`.
 
     ``path`` names the record (``.../40689238`` or ``.../40689238.hea``). Leads are mapped by name
-    to the standard order; other signals are dropped.
+    to the standard order; other signals are dropped. ``leads="all"`` keeps every signal of the
+    record in its own order instead (for plotting any record). Either way the record passes
+    :func:`validate_record`.
     """
     path = _record_base(path)
     h = read_header(path)
-    order = map_leads(h.sig_name, f"{path}.hea")
+    if leads == "all":
+        order = np.arange(len(h.sig_name), dtype=np.int64)
+    else:
+        order = map_leads(h.sig_name, f"{path}.hea")
     _check_sizes(path, h)
     stop = h.sig_len if stop is None else stop
     if not 0 <= start < stop <= h.sig_len:
@@ -261,7 +355,9 @@ def read_record(path, start: int = 0, stop: int | None = None) -> ECGRecord:
     gain = np.asarray(h.gain, dtype=np.float64)[order]
     baseline = np.asarray(h.baseline, dtype=np.float64)[order]
     signal, gain, baseline = _to_int16(signal, gain, baseline, [h.fmt[i] for i in order])
-    return ECGRecord(signal, gain.astype(np.float32), baseline.astype(np.float32), h.fs, str(path))
+    names = tuple(h.sig_name) if leads == "all" else STANDARD_LEADS
+    return validate_record(ECGRecord(signal, gain.astype(np.float32), baseline.astype(np.float32), h.fs,
+                                     str(path), names))
 
 
 def _read_with_wfdb(path: Path, h: _Header, order, start, stop) -> np.ndarray:

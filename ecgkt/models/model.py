@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -129,40 +128,69 @@ class ECGKTModel(nn.Module):
 
     # --- persistence -------------------------------------------------------------------------
     def save_pretrained(self, directory) -> Path:
-        """Writes config.json + model.safetensors atomically (a reader never sees a half-written folder)."""
-        from safetensors.torch import save_file
+        """Writes config.json + model.safetensors, each atomically (weights first: a folder whose config
+        is new always has matching weights). Refuses non-finite weights; the config is strict JSON."""
+        from safetensors.torch import save
+
+        from ..io import atomic_write_bytes, atomic_write_json
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        tmp_w, tmp_c = directory / (WEIGHTS_NAME + ".tmp"), directory / (CONFIG_NAME + ".tmp")
-        save_file(state, str(tmp_w), metadata={"format": "pt"})
-        tmp_c.write_text(json.dumps(self.config, indent=2))
-        os.replace(tmp_w, directory / WEIGHTS_NAME)
-        os.replace(tmp_c, directory / CONFIG_NAME)
+        bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise ECGKTError(f"{directory}: refusing to save non-finite weights ({', '.join(bad[:3])})")
+        atomic_write_bytes(directory / WEIGHTS_NAME, save(state, metadata={"format": "pt"}))
+        atomic_write_json(directory / CONFIG_NAME, self.config)
         return directory
 
     @classmethod
     def from_pretrained(cls, directory, map_location="cpu") -> "ECGKTModel":
+        """Loads a model folder. A damaged folder (missing or malformed files, a config that does not
+        describe the weights, weights that are not finite) is an ECGKTError naming the file."""
         from safetensors.torch import load_file
 
         directory = Path(directory)
         cfg_path, w_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+        if not directory.is_dir():
+            raise ECGKTError(f"{directory}: not an ecgkt model folder (not a folder)")
         for p in (cfg_path, w_path):
             if not p.is_file():
                 raise ECGKTError(f"{directory}: not an ecgkt model folder ({p.name} is missing)")
         try:
-            config = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as e:
+            config = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ECGKTError(f"{cfg_path}: malformed JSON ({e})") from None
+        if not isinstance(config, dict):
+            raise ECGKTError(f"{cfg_path}: expected a JSON object, got {type(config).__name__}")
         if config.get("model_type") != "ecgkt":
             raise ECGKTError(f"{cfg_path}: model_type is {config.get('model_type')!r}, expected 'ecgkt'")
-        if config.get("format_version", 0) > FORMAT_VERSION:
+        version = config.get("format_version", 0)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise ECGKTError(f"{cfg_path}: format_version {version!r} is not an integer")
+        if version > FORMAT_VERSION:
             raise ECGKTError(f"{cfg_path}: format_version {config['format_version']} is newer than this ecgkt "
                              f"supports ({FORMAT_VERSION}); upgrade ecgkt")
-        model = cls(config)
-        state = load_file(str(w_path), device=str(map_location))
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        try:
+            model = cls(config)
+        except KeyError as e:
+            raise ECGKTError(f"{cfg_path}: missing key {e}") from None
+        except (TypeError, ValueError, AttributeError) as e:
+            raise ECGKTError(f"{cfg_path}: invalid model configuration ({type(e).__name__}: {e})") from None
+        try:
+            state = load_file(str(w_path), device=str(map_location))
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own types for damaged files
+            message = " ".join(str(e).split())[:200] or type(e).__name__
+            raise ECGKTError(f"{w_path}: damaged weights file ({message})") from None
+        bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise ECGKTError(f"{w_path}: weights hold NaN or infinite values ({', '.join(bad[:3])}); the file is "
+                             f"damaged")
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # shapes that do not match config.json
+            first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e).splitlines()[0])
+            raise ECGKTError(f"{w_path}: weights do not match config.json ({first})") from None
         if missing or unexpected:
             raise ECGKTError(f"{w_path}: weights do not match config.json (missing {missing[:3]}, "
                              f"unexpected {unexpected[:3]})")

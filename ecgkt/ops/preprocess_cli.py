@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from ..errors import ECGKTError, RecordError
+from ..io import atomic_write
 
 
 def _notch(value: str):
@@ -42,32 +43,19 @@ def add_cli(subparsers) -> None:
 
 
 def read_wfdb(record: str):
-    """(int16 or float32 [leads, T] tensor, fs, gain, baseline, lead names) of a WFDB record."""
-    import wfdb
+    """(int16 [leads, T] tensor, fs, gain, baseline, lead names) of a WFDB record, every signal kept.
+
+    Read and checked by ``ecgkt.data.wfdb_io`` like every other input (formats wider than 16 bits are
+    rescaled to int16 with the gain scaled alike)."""
+    from ..data.wfdb_io import read_record
 
     path = pathlib.Path(record)
     if path.suffix in (".hea", ".dat", ".mat"):
         path = path.with_suffix("")
     if not path.with_suffix(".hea").is_file():
         raise RecordError(path.with_suffix(".hea"), "no such WFDB header")
-    try:
-        rec = wfdb.rdrecord(str(path), physical=False)
-    except Exception as e:  # wfdb raises many types for corrupt files
-        raise RecordError(path, f"cannot read WFDB record ({type(e).__name__}: {e})") from None
-    d = rec.d_signal
-    if d is None or d.ndim != 2 or d.shape[0] == 0:
-        raise RecordError(path, "record has no samples")
-    gain = np.asarray(rec.adc_gain, dtype=np.float32)
-    baseline = np.asarray(rec.baseline, dtype=np.float32)
-    if np.any(gain == 0):
-        raise RecordError(path, "a lead has ADC gain 0 in the header")
-    if d.min() >= -32768 and d.max() <= 32767:
-        sig = torch.from_numpy(d.T.astype(np.int16))
-    else:  # wider formats (e.g. 24-bit): convert to mV here, invalid samples as NaN
-        mv = (d.T.astype(np.float64) - baseline[:, None]) / gain[:, None]
-        sig = torch.from_numpy(mv.astype(np.float32))
-        gain, baseline = None, None
-    return sig, float(rec.fs), gain, baseline, list(rec.sig_name)
+    rec = read_record(path, leads="all")
+    return torch.from_numpy(rec.signal), float(rec.fs), rec.gain, rec.baseline, list(rec.leads)
 
 
 def run(args) -> int:
@@ -108,11 +96,13 @@ def run(args) -> int:
     fig.tight_layout()
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    fmt = out.suffix.lstrip(".").lower() or "png"
     try:
-        fig.savefig(out, dpi=110)
-    except (OSError, ValueError) as e:
+        atomic_write(out, lambda f: fig.savefig(f, dpi=110, format=fmt))
+    except ValueError as e:  # an image format matplotlib does not know
         raise ECGKTError(f"--out {out}: cannot save the plot ({e})") from None
-    plt.close(fig)
+    finally:
+        plt.close(fig)
     print(f"wrote {out}: {leads} leads, {before.shape[1]} -> {after.shape[1]} samples; "
           f"repaired {int(res.repaired.sum())}, flat {int(res.flat.sum())}")
     return 0

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
+import os
 import sys
 from pathlib import Path
 
 from ..errors import ECGKTError
+from ..io import describe_os_error, dumps_json, temp_path
 
 PREDICT_HELP = """\
 Score ECG records with a saved ECG-only model: diagnosis probabilities, and the predicted lab
@@ -25,8 +26,9 @@ cut into windows whose probabilities are averaged.
 
 A record that cannot be used (fewer than the 12 standard leads, truncated signal file, malformed
 header, unreadable file) is reported in one line naming the file; the other records are still
-predicted and the failures are listed at the end. Exit status: 0 all predicted, 1 some failed,
-2 none predicted or bad arguments.
+predicted and the failures are listed at the end. JSON output is strict (null, never NaN). Exit status: 0 all
+predicted, 1 some failed, 2 none predicted or a bad argument, model or output path (one line naming
+the file and the problem, on standard error).
 """
 
 EXPORT_HELP = """\
@@ -131,12 +133,15 @@ def run_predict(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    _check_output_paths(args)
     model = _load_model(args.model)
     predictor = Predictor(model, device=args.device, batch_size=args.batch_size, lab_threshold=args.lab_threshold,
                           read_workers=args.workers)
     sources, failures = expand_inputs(args.inputs, folder_npy=args.fs is not None and leads is not None)
 
-    out = open(args.output, "w", newline="") if args.output else sys.stdout
+    # a file output is written beside its target and renamed at the end: never a torn file
+    out = open(temp_path(args.output), "w", newline="") if args.output else sys.stdout
+    done = False
     writer = csv.writer(out) if args.format == "csv" else None
     if writer:
         writer.writerow(_csv_header(model))
@@ -160,17 +165,47 @@ def run_predict(args) -> int:
                 else:
                     results.append(result.to_dict())
         if args.format == "json":
-            json.dump({"model": str(args.model), "results": results,
-                       "failures": [{"record": f.name, "error": f.problem} for f in failures]}, out, indent=2)
-            out.write("\n")
+            out.write(dumps_json({"model": str(args.model), "results": results,
+                                  "failures": [{"record": f.name, "error": f.problem} for f in failures]}) + "\n")
         elif writer:
             width = len(_csv_header(model))
             for f in failures:
                 writer.writerow([f.name] + [""] * (width - 2) + [f.problem])
+        if out is not sys.stdout:
+            out.flush()
+            os.fsync(out.fileno())
+        done = True
+    except OSError as e:
+        raise ECGKTError(f"cannot write {describe_os_error(e, args.output or e.filename or 'standard output')}") \
+            from None
     finally:
         if out is not sys.stdout:
             out.close()
+            if done:
+                os.replace(temp_path(args.output), args.output)
+            else:
+                Path(temp_path(args.output)).unlink(missing_ok=True)
     return _finish(n_ok, failures)
+
+
+def _check_output_paths(args) -> None:
+    """Output paths that cannot work are one-line errors before any record is read."""
+    if args.output:
+        out = Path(args.output)
+        if out.is_dir():
+            raise ECGKTError(f"--output {out}: is a folder; give a file name")
+        if not out.parent.is_dir():
+            raise ECGKTError(f"--output {out}: folder {out.parent} does not exist")
+        if not os.access(out.parent, os.W_OK):
+            raise ECGKTError(f"--output {out}: folder {out.parent} is not writable")
+    if args.report:
+        report = Path(args.report)
+        if report.exists() and not report.is_dir():
+            raise ECGKTError(f"--report {report}: is a file; give a folder for the reports")
+        try:
+            report.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ECGKTError(f"--report {describe_os_error(e, report)}") from None
 
 
 def _write_report(result, record, model, out_dir, taken) -> None:
@@ -196,6 +231,8 @@ def _finish(n_ok: int, failures) -> int:
 def run_export(args) -> int:
     from .export import export_model
 
+    if Path(args.out).is_dir():
+        raise ECGKTError(f"--out {args.out}: is a folder; give a file name (.pt, .pt2 or .onnx)")
     model = _load_model(args.model)
     path = export_model(model, args.out, fmt=args.format, fs=args.fs, seconds=args.seconds,
                         network_only=args.network_only)

@@ -18,7 +18,6 @@ The batch dimension is dynamic; the window length is fixed at export (``seconds`
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from torch import nn
 
 from .. import _extension
 from ..errors import ECGKTError
+from ..io import atomic_write_json
 from ..ops.preprocess import NORMALIZE_CODES, filter_design
 
 FORMATS = ("torchscript", "export", "onnx")
@@ -141,7 +141,7 @@ def export_model(model, out, fmt: str | None = None, fs: float | None = None, se
         outputs=["diagnosis probabilities [B, D]", "lab-abnormality probabilities [B, L]"],
         dx_names=list(model.dx_names), lab_label_names=list(model.lab_label_names), preprocessing=dict(settings),
     )
-    Path(str(out) + ".json").write_text(json.dumps(meta, indent=2))
+    atomic_write_json(Path(str(out) + ".json"), meta)
     return out
 
 

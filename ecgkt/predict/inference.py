@@ -162,27 +162,48 @@ class Predictor:
             for s in starts:
                 groups.setdefault((float(rec.fs), length), []).append((i, s))
         per_record: dict = {}
-        order = self.lead_order
         for (fs, length), items in groups.items():
             for b in range(0, len(items), self.batch_size):
-                chunk = items[b:b + self.batch_size]
-                sig = np.stack([records[i].signal[order, s:s + length] for i, s in chunk])
-                gain = np.stack([records[i].gain[order] for i, _ in chunk]).astype(np.float32)
-                base = np.stack([records[i].baseline[order] for i, _ in chunk]).astype(np.float32)
-                try:
-                    dx, lab, rep, flat = self._score(sig, gain, base, fs)
-                except ECGKTError as e:  # e.g. a sampling rate the preprocessing cannot resample from
-                    for i, _ in chunk:
-                        out[i] = Failure(names[i], str(e))
-                    continue
-                for j, (i, _) in enumerate(chunk):
-                    per_record.setdefault(i, []).append((dx[j], lab[j], rep[j], flat[j]))
+                self._score_chunk(records, items[b:b + self.batch_size], fs, length, names, out, per_record)
         for i, windows in per_record.items():
             if out[i] is None:
-                out[i] = self._result(names[i], records[i], windows)
+                try:
+                    out[i] = self._result(names[i], records[i], windows)
+                except RecordError as e:
+                    out[i] = Failure(names[i], e.problem)
         return out
 
+    def _score_chunk(self, records, chunk, fs, length, names, out, per_record) -> None:
+        """Score windows [(record index, start)] of one shape. When the batch fails, or gives a non-finite
+        output for some window, its records are scored one by one: only the record at fault fails."""
+        order = self.lead_order
+        sig = np.stack([records[i].signal[order, s:s + length] for i, s in chunk])
+        gain = np.stack([records[i].gain[order] for i, _ in chunk]).astype(np.float32)
+        base = np.stack([records[i].baseline[order] for i, _ in chunk]).astype(np.float32)
+        try:
+            dx, lab, rep, flat = self._score(sig, gain, base, fs)
+            finite = np.isfinite(dx).all(axis=1) & np.isfinite(lab).all(axis=1)
+            problem = None if finite.all() else "the model's output is not finite (NaN or infinity)"
+        except Exception as e:  # noqa: BLE001 - whatever broke, find the record it belongs to
+            problem = _one_line(e)
+        if problem is None:
+            for j, (i, _) in enumerate(chunk):
+                per_record.setdefault(i, []).append((dx[j], lab[j], rep[j], flat[j]))
+            return
+        record_ids = list(dict.fromkeys(i for i, _ in chunk))
+        if len(record_ids) == 1:
+            i = record_ids[0]
+            out[i] = Failure(names[i], problem)
+            return
+        for i in record_ids:  # retry record by record
+            self._score_chunk(records, [w for w in chunk if w[0] == i], fs, length, names, out, per_record)
+
     def _result(self, name: str, rec: ECGRecord, windows) -> RecordResult:
+        usable = [w for w in windows if not np.all(w[3])]  # a window whose every lead is flat says nothing
+        if not usable:
+            raise RecordError(name, "no usable signal: after preprocessing every lead is flat or missing")
+        dropped = len(windows) - len(usable)
+        windows = usable
         dx = np.mean([w[0] for w in windows], axis=0)
         lab = np.mean([w[1] for w in windows], axis=0)
         repaired = np.any([w[2] for w in windows], axis=0)
@@ -196,6 +217,8 @@ class Predictor:
         if model_fs and rec.fs < model_fs:
             warnings.append(f"record sampled at {rec.fs:g} Hz, below the model's {model_fs:g} Hz: upsampled, so "
                             f"content above {rec.fs / 2:g} Hz is missing")
+        if dropped:
+            warnings.append(f"{dropped} window(s) without any signal left out of the average")
         flat_names = [leads[k] for k in np.flatnonzero(flat)]
         if flat_names:
             warnings.append(f"lead(s) {', '.join(flat_names)} flat or without signal: fed to the model as zeros")
@@ -245,6 +268,13 @@ class Predictor:
                         yield (s, None, res) if isinstance(res, Failure) else (s, r, res)
                 if progress is not None:
                     progress.update(len(current))
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, RecordError):
+        return e.problem
+    message = " ".join(str(e).split()) or "no details"
+    return message if isinstance(e, ECGKTError) else f"cannot score ({type(e).__name__}: {message})"
 
 
 def _read_one(source: Source, fs, leads):

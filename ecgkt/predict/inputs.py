@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.wfdb_io import INVALID, STANDARD_LEADS, ECGRecord, map_leads, read_record
+from ..data.wfdb_io import (INVALID, MAX_ABS_MV, STANDARD_LEADS, ECGRecord, check_fs, map_leads, read_record,
+                            validate_record)
 from ..errors import ECGKTError, RecordError
 
 WFDB_SIGNAL_SUFFIXES = (".dat", ".mat")
@@ -144,6 +145,8 @@ def _from_list(list_file: Path, folder_npy: bool) -> tuple[list[Source], list[Fa
         return [], [Failure(e.path, e.problem)]
     except OSError as e:
         return [], [Failure(str(list_file), f"cannot read record list ({e.strerror or e})")]
+    except (csv.Error, ValueError) as e:  # a malformed .csv list
+        return [], [Failure(str(list_file), f"malformed record list ({' '.join(str(e).split())})")]
     if not entries:
         return [], [Failure(str(list_file), "record list is empty")]
     sources, failures = [], []
@@ -208,8 +211,12 @@ def read_npy(path: Path, fs: float | None, leads: list[str] | None) -> ECGRecord
         raise RecordError(path, ".npy input needs --fs (sampling rate in Hz) and --leads (lead names)")
     try:
         arr = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        raise RecordError(path, f"cannot read .npy array ({e})") from None
+    except Exception as e:  # noqa: BLE001 - numpy raises many types for damaged files
+        raise RecordError(path, f"cannot read .npy array ({' '.join(str(e).split()) or type(e).__name__})") from None
+    if not isinstance(arr, np.ndarray):
+        if hasattr(arr, "close"):
+            arr.close()
+        raise RecordError(path, "not a .npy array (an .npz archive?)")
     return ecg_record_from_array(arr, fs, leads, str(path))
 
 
@@ -218,28 +225,35 @@ def ecg_record_from_array(arr, fs: float, leads, name: str, gain=None, baseline=
     sample), or integer ADC units with ``gain`` (adu/mV, scalar or per lead) and optional ``baseline``."""
     arr = np.asarray(arr)
     leads = list(leads)
-    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number) or min(arr.shape) == 0:
+    numeric = np.issubdtype(arr.dtype, np.number) and not np.issubdtype(arr.dtype, np.complexfloating)
+    if arr.ndim != 2 or not numeric or min(arr.shape) == 0:
         raise RecordError(name, f"expected a 2-D numeric array [leads, samples], got shape {arr.shape} {arr.dtype}")
     if arr.shape[0] != len(leads) and arr.shape[1] == len(leads):
         arr = arr.T
     if arr.shape[0] != len(leads):
         raise RecordError(name, f"array shape {arr.shape} does not match the {len(leads)} lead names given")
-    if not fs or fs <= 0:
-        raise RecordError(name, f"sampling rate must be positive, got {fs}")
+    fs = check_fs(fs, name)
     order = map_leads(leads, name)
     if gain is not None:
         if not np.issubdtype(arr.dtype, np.integer) or arr.min() < -32768 or arr.max() > 32767:
             raise RecordError(name, "with a gain the signal must be integer ADC units within the int16 range")
         g = np.broadcast_to(np.asarray(gain, np.float32), (len(leads),))[order]
         b = np.broadcast_to(np.asarray(0 if baseline is None else baseline, np.float32), (len(leads),))[order]
-        return ECGRecord(np.ascontiguousarray(arr[order].astype(np.int16)), g.copy(), b.copy(), float(fs), name)
+        return validate_record(ECGRecord(np.ascontiguousarray(arr[order].astype(np.int16)), g.copy(), b.copy(),
+                                         float(fs), name))
     mv = np.asarray(arr, dtype=np.float64)[order]
+    if np.isinf(mv).any():
+        raise RecordError(name, "the array holds infinite values (mark missing samples with NaN)")
     finite = np.isfinite(mv)
     peak = np.abs(np.where(finite, mv, 0.0)).max(axis=1)
+    if peak.max() > MAX_ABS_MV:
+        worst = int(np.argmax(peak))
+        raise RecordError(name, f"lead {STANDARD_LEADS[worst]} reaches {peak[worst]:.3g} mV: not a plausible ECG "
+                                f"in millivolts (convert the array to mV)")
     g = np.minimum(NPY_GAIN, 32000.0 / np.maximum(peak, 1e-9))
     signal = np.round(np.where(finite, mv, 0.0) * g[:, None]).astype(np.int16)
     signal[~finite] = INVALID
-    return ECGRecord(signal, g.astype(np.float32), np.zeros(12, np.float32), float(fs), name)
+    return validate_record(ECGRecord(signal, g.astype(np.float32), np.zeros(12, np.float32), float(fs), name))
 
 
 def read_dicom(path: Path) -> ECGRecord:

@@ -9,7 +9,6 @@ scale: printed at 100 % on paper wide enough (381 mm), one small square is 1 mm.
 from __future__ import annotations
 
 import html
-import os
 import re
 import textwrap
 from pathlib import Path
@@ -20,6 +19,8 @@ matplotlib.use("Agg")  # reports are files, never windows; also safe on servers 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
+
+from ..io import atomic_write, atomic_write_text  # noqa: E402
 
 MM_PER_INCH = 25.4
 SPEED_MM_S = 25.0  # paper speed
@@ -161,9 +162,7 @@ def render_png(result, signal_mv: np.ndarray, fs: float, leads, path) -> Path:
                      fontweight=style.get("weight", "normal"), fontstyle=style.get("style", "normal"),
                      color=style.get("color", "black"))
             y -= (size * 1.45 / 72 * MM_PER_INCH) / FIG_H_MM
-        tmp = path.with_name(path.name + ".tmp.png")
-        fig.savefig(tmp, dpi=DPI, facecolor=fig.get_facecolor())
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: fig.savefig(f, dpi=DPI, facecolor=fig.get_facecolor(), format="png"))
     finally:
         plt.close(fig)
     return path
@@ -207,9 +206,7 @@ Not a clinical device.</p>
 </body></html>
 """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, page)
     return path
 
 

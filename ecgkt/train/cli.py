@@ -110,9 +110,22 @@ def preset_path(name: str):
     return resources.files("ecgkt").joinpath(f"configs/{name}.yaml")
 
 
+def check_run_folder(args) -> None:
+    """Refuse up front what would damage a run: --out naming a file, or a run trained on a store given with
+    --data resumed or evaluated without it (that would generate the default dataset into the run)."""
+    run = Path(args.out)
+    if run.exists() and not run.is_dir():
+        raise ECGKTError(f"--out {run}: is a file; give a run folder")
+    if getattr(args, "data", None) is None and (run / "stages").is_dir() \
+            and not (run / "data" / "store" / "manifest.json").is_file():
+        raise ECGKTError(f"{run}: this run was trained on data given with --data (it holds no data/store); "
+                         f"pass the same --data")
+
+
 def _context(args):
     from . import distributed, pipeline, stages
 
+    check_run_folder(args)
     cfg = resolve_config(args)
     pipeline._set_threads(cfg)
     env = distributed.init(cfg["runtime"]["device"])
@@ -138,6 +151,7 @@ def cmd_pipeline(args) -> int:
     from . import pipeline
 
     t0 = time.time()
+    check_run_folder(args)
     res = pipeline.run(resolve_config(args), args.out, args.data, progress=not args.no_progress)
     if res is not None:
         print()

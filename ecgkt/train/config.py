@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from importlib import resources
 from pathlib import Path
 
 import yaml
 
 from ..errors import ECGKTError
+from ..io import atomic_write_text
 
 
 def default_config() -> dict:
@@ -18,15 +20,85 @@ def default_config() -> dict:
     return yaml.safe_load(text)
 
 
-def _merge(base: dict, update: dict, where: str = "") -> dict:
+# Keys whose default is a number but that also take null (see the comments in default.yaml).
+NULLABLE = {"preprocessing.train_crop_seconds", "preprocessing.notch", "runtime.threads"}
+_BOOL_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
+def coerce(value, default, key: str, source: str = ""):
+    """``value`` as the type of ``default`` (its key's default): YAML reads ``1e-3`` as a string, this gives
+    the float 0.001. A value that cannot be that type is an ECGKTError naming the key (and where it came
+    from), raised before any stage runs."""
+    where = f" ({source})" if source else ""
+
+    def bad(expected):
+        return ECGKTError(f"configuration key {key!r}{where}: expected {expected}, got {value!r}")
+
+    if default is None:
+        return value
+    if value is None:
+        if key in NULLABLE:
+            return None
+        raise bad(f"a {type(default).__name__} (this key does not take null)")
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[value.strip().lower()]
+        raise bad("true or false")
+    if isinstance(default, int):
+        if isinstance(value, bool):
+            raise bad("an integer")
+        if isinstance(value, int):
+            return value
+        number = _number(value)
+        if number is not None and float(number).is_integer():
+            return int(number)
+        raise bad("an integer")
+    if isinstance(default, float):
+        if isinstance(value, bool):
+            raise bad("a number")
+        number = _number(value)
+        if number is None or not math.isfinite(number):
+            raise bad("a finite number")
+        return float(number)
+    if isinstance(default, str):
+        if isinstance(value, str):
+            return value
+        raise bad("a string")
+    if isinstance(default, list):
+        if not isinstance(value, list):
+            raise bad("a list, e.g. [1, 2]")
+        if default:
+            return [coerce(v, default[0], f"{key}[{i}]", source) for i, v in enumerate(value)]
+        return value
+    if isinstance(default, dict):
+        if not isinstance(value, dict):
+            raise bad("a mapping of keys to values")
+        return value
+    return value
+
+
+def _number(value):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def _merge(base: dict, update: dict, where: str = "", source: str = "") -> dict:
     for key, value in update.items():
         path = f"{where}{key}"
         if key not in base:
-            raise ECGKTError(f"unknown configuration key {path!r}")
+            raise ECGKTError(f"{source + ': ' if source else ''}unknown configuration key {path!r}")
         if isinstance(base[key], dict) and isinstance(value, dict):
-            _merge(base[key], value, path + ".")
+            _merge(base[key], value, path + ".", source)
         else:
-            base[key] = value
+            base[key] = coerce(value, base[key], path, source)
     return base
 
 
@@ -65,15 +137,16 @@ def apply_override(cfg: dict, item: str) -> None:
     if parts[-1] not in node:
         raise ECGKTError(f"unknown configuration key {key!r} in override {item!r}")
     try:
-        node[parts[-1]] = yaml.safe_load(raw)
+        value = yaml.safe_load(raw)
     except yaml.YAMLError:
-        node[parts[-1]] = raw
+        value = raw
+    node[parts[-1]] = coerce(value, node[parts[-1]], key.strip(), f"--set {item}")
 
 
 def resolve(config_file=None, overrides=(), base: dict | None = None) -> dict:
     cfg = copy.deepcopy(base) if base is not None else default_config()
     if config_file:
-        _merge(cfg, load_file(config_file))
+        _merge(cfg, load_file(config_file), source=str(config_file))
     for item in overrides or ():
         apply_override(cfg, item)
     return cfg
@@ -82,6 +155,4 @@ def resolve(config_file=None, overrides=(), base: dict | None = None) -> dict:
 def save_resolved(cfg: dict, path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    tmp.replace(path)
+    atomic_write_text(path, yaml.safe_dump(cfg, sort_keys=False))

@@ -24,6 +24,7 @@ import yaml
 
 from ..errors import ECGKTError
 from ..evaluate import oracle
+from ..io import atomic_write, atomic_write_text
 from . import checkpoint, config as config_mod, distributed, plan, runner, stages
 
 # Keys that may change between a run and its resumption without changing its results.
@@ -194,7 +195,7 @@ def evaluate_run(ctx, r: dict) -> dict:
     if "finetune" in r:
         save_final_model(ctx, r)
     preds = collect_predictions(ctx, r)
-    np.savez(run_dir / "predictions.npz", **preds)
+    atomic_write(run_dir / "predictions.npz", lambda f: np.savez(f, **preds))
     histories = {k: v.get("history", []) for k, v in r.items() if isinstance(v, dict) and v.get("history")}
     checkpoint.save_json(histories, run_dir / "histories.json")
     extra = dict(sweep=sweep_rows(ctx, r), test_ed=ctx.flags("test")["ed"][ctx.dx_rows("test")],
@@ -212,7 +213,7 @@ def write_results(run_dir, preds: dict, histories: dict, dx_names, lab_label_nam
     run_dir = Path(run_dir)
     res = report.compute_run(preds, dx_names, lab_label_names, cfg, extra)
     checkpoint.save_json(res, run_dir / "results.json")
-    (run_dir / "results.md").write_text(report.markdown(res))
+    atomic_write_text(run_dir / "results.md", report.markdown(res))
     plot_dir = run_dir / "plots"
     plot_dir.mkdir(exist_ok=True)
     plots.training_curves(histories, plot_dir / "training_curves.png")
