@@ -204,6 +204,7 @@ class Labels:
             if len(shown) >= k:
                 break
             shown.append([key, float(p), []])
+        shown.sort(key=lambda s: -s[1])  # a child that took its parent's place moves to its own rank
         return [tuple(s) for s in shown]
 
     def line(self, key: str, folded=()) -> str:

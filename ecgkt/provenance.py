@@ -7,6 +7,7 @@ JSON-ready; what cannot be found (no git checkout, no GPU) is null.
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import os
 import platform
 import subprocess
@@ -16,6 +17,20 @@ from pathlib import Path
 
 PACKAGES = ("ecgkt", "torch", "numpy", "scipy", "pandas", "pyarrow", "wfdb", "scikit-learn", "safetensors",
             "matplotlib", "triton", "simple-icd-10-cm")
+
+
+def json_ready(obj):
+    """``obj`` with every NaN / infinity replaced by None (JSON null) and numpy scalars / arrays as Python
+    values, so ``json.dumps(..., allow_nan=False)`` succeeds: strict JSON that every parser reads."""
+    if isinstance(obj, dict):
+        return {k: json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
+        return json_ready(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def _version(name: str) -> str | None:

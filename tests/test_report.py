@@ -40,7 +40,7 @@ def test_report_png_size_and_content(tmp_path):
     # names, not keys; the parent I48 shown once, folded into its child's line; the gate at work
     assert "I48.9 Unspecified atrial fibrillation and atrial flutter (I48 0.93)" in html
     assert "Left bundle branch block" in html and "report:lbbb" in html  # the key stays, in the full table
-    assert "High potassium predicted (probability 0.83, validation AUROC 0.91). Expected on the ECG: Peaked" in html
+    assert "High potassium predicted (probability 0.83, validation AUROC 0.91). Expected on the ECG: peaked" in html
     assert "Low calcium predicted" not in html  # AUROC 0.62 < 0.70: not an explanation
     assert "High sodium predicted" not in html  # no ECG signature: never an explanation
 

@@ -149,6 +149,9 @@ class ECGKTModel(nn.Module):
         tmp_w, tmp_c = directory / (WEIGHTS_NAME + ".tmp"), directory / (CONFIG_NAME + ".tmp")
         tmp_r = directory / (CARD_NAME + ".tmp")
         save_file(state, str(tmp_w), metadata={"format": "pt"})
+        from ..provenance import json_ready
+
+        self.config = json_ready(self.config)  # strict JSON: a NaN metric is stored as null
         tmp_c.write_text(json.dumps(self.config, indent=2, allow_nan=False))
         tmp_r.write_text(model_card(self.config), encoding="utf-8")
         os.replace(tmp_w, directory / WEIGHTS_NAME)

@@ -76,9 +76,8 @@ class LabFinding:
         if auroc is not None:
             evidence += f", validation AUROC {auroc:.2f}"
         text = self.association.rstrip(".")
-        text = text[:1].upper() + text[1:]
         if not self.documented:
-            return f"{self.display_name()} predicted ({evidence}). {text}."
+            return f"{self.display_name()} predicted ({evidence}). {text[:1].upper() + text[1:]}."
         return f"{self.display_name()} predicted ({evidence}). Expected on the ECG: {text}."
 
     def to_dict(self) -> dict:

@@ -112,8 +112,9 @@ def _patient_line(facts: dict) -> str:
     """"Male, 78 y  |  HR 72 bpm  PR 160 ms  QRS 92 ms  QT 380 ms  QTc 410 ms" from the known facts."""
     who = ", ".join(x for x in (facts.get("sex"), f"{facts['age']:g} y" if facts.get("age") is not None else None) if x)
     iv = facts.get("intervals") or {}
-    parts = [f"HR {iv['hr_bpm']:.0f} bpm" if iv.get("hr_bpm") is not None else None]
-    parts += [f"{name} {iv[key]:.0f} ms" if iv.get(key) is not None else None
+    nb = "\u00a0"  # keeps "QT 410 ms" on one line when wrapped
+    parts = [f"HR{nb}{iv['hr_bpm']:.0f}{nb}bpm" if iv.get("hr_bpm") is not None else None]
+    parts += [f"{name}{nb}{iv[key]:.0f}{nb}ms" if iv.get(key) is not None else None
               for name, key in (("PR", "pr_ms"), ("QRS", "qrs_ms"), ("QT", "qt_ms"), ("QTc", "qtc_ms"))]
     measured = "  ".join(p for p in parts if p)
     return "  |  ".join(x for x in (who, measured) if x)
@@ -125,32 +126,31 @@ def _sidebar_lines(result, display, facts: dict) -> list[tuple[str, dict]]:
     patient = _patient_line(facts)
     if patient:
         lines.append(("Record", dict(weight="bold", size=12)))
-        for part in textwrap.wrap(patient, 60):
+        for part in textwrap.wrap(patient, 52, break_on_hyphens=False):
             lines.append((part, dict(size=10)))
         if facts.get("intervals"):
-            lines.append(("measured on lead II by the neurokit2 delineator (medians; QTc Bazett)",
-                          dict(size=8.5, color="#666666")))
+            lines.append(("measured on the 12-lead median beat; QTc by Bazett", dict(size=8.5, color="#666666")))
         lines.append(("", {}))
     lines.append(("Top diagnoses", dict(weight="bold", size=12)))
     for name, p in display.top(result, 5):
-        for k, part in enumerate(textwrap.wrap(name, 52)):
+        for k, part in enumerate(textwrap.wrap(name, 42)):
             lines.append(((f"{p:4.2f}  " if k == 0 else "      ") + part, dict(family="monospace", size=9.5)))
     lines.append(("", {}))
     lines.append(("Explanation: predicted lab abnormalities", dict(weight="bold", size=11.5)))
     findings = display.explanation(result)[:4]
     if display.gate.note:
-        for part in textwrap.wrap(display.gate.note, 62):
+        for part in textwrap.wrap(display.gate.note, 54):
             lines.append((part, dict(size=9.5, style="italic")))
     elif not findings:
         for part in textwrap.wrap(f"none: no lab abnormality with a documented ECG association predicted at or "
                                   f"above {result.lab_threshold:.2f} by a lab output with validation AUROC >= "
-                                  f"{display.gate.min_auroc:.2f}", 62):
+                                  f"{display.gate.min_auroc:.2f}", 54):
             lines.append((part, dict(size=9.5, style="italic")))
     for f in findings:
         auroc = display.gate.auroc(f.output)
-        lines.append((f"{f.probability:4.2f}  {f.display_name()} (validation AUROC {auroc:.2f})",
-                      dict(family="monospace", size=10, weight="bold")))
-        for part in textwrap.wrap("Expected on the ECG: " + f.association, 58):
+        lines.append((f"{f.probability:4.2f}  {f.display_name()}", dict(family="monospace", size=10, weight="bold")))
+        lines.append((f"      validation AUROC {auroc:.2f}", dict(size=9.5, color="#444444")))
+        for part in textwrap.wrap("Expected on the ECG: " + f.association, 50):
             lines.append(("      " + part, dict(size=9.5)))
     notes = []
     if result.repaired_leads:
@@ -321,9 +321,7 @@ def record_facts(record, signal_mv, fs: float, leads) -> dict:
     from .intervals import measure_intervals
 
     facts = header_demographics(getattr(record, "path", "") or "")
-    index = {str(n).lower(): i for i, n in enumerate(leads)}
-    if RHYTHM_LEAD.lower() in index:
-        facts["intervals"] = measure_intervals(np.asarray(signal_mv)[index[RHYTHM_LEAD.lower()]], fs)
+    facts["intervals"] = measure_intervals(np.asarray(signal_mv), fs)  # every lead: the median beat
     return facts
 
 
