@@ -4,9 +4,6 @@ from __future__ import annotations
 import argparse
 import pathlib
 
-import numpy as np
-import torch
-
 from ..errors import ECGKTError, RecordError
 
 
@@ -43,6 +40,8 @@ def add_cli(subparsers) -> None:
 
 def read_wfdb(record: str):
     """(int16 or float32 [leads, T] tensor, fs, gain, baseline, lead names) of a WFDB record."""
+    import numpy as np
+    import torch
     import wfdb
 
     path = pathlib.Path(record)
@@ -71,6 +70,9 @@ def read_wfdb(record: str):
 
 
 def run(args) -> int:
+    import numpy as np
+    import torch
+
     from .preprocess import preprocess
 
     sig, fs, gain, baseline, names = read_wfdb(args.record)

@@ -145,7 +145,7 @@ def fit(*, name: str, stage_dir, env: DistEnv, model: nn.Module, groups, loss_fn
         if set_train_mode is not None:
             set_train_mode(model)
         t0, total, count = time.time(), 0.0, 0
-        bar = tqdm(loader, desc=f"{name} {epoch + 1}/{epochs}", leave=False, disable=not (progress and env.is_main),
+        bar = tqdm(loader, desc=f"{name} {epoch + 1}/{epochs}", leave=False, disable=None if (progress and env.is_main) else True,
                    dynamic_ncols=True)
         for step, batch in enumerate(bar):
             with autocast(env, amp):

@@ -73,6 +73,7 @@ def ensure_store(cfg: dict, run_dir: Path, data_dir, env, progress: bool = True)
             data_dir = raw
         elif not Path(data_dir).is_dir():
             raise ECGKTError(f"--data {data_dir}: no such folder")
+        print(f"preparing the signal store {store} from {data_dir}", flush=True)
         prepare(data_dir, store, progress=progress)
     distributed.barrier(env)
     return store
@@ -99,6 +100,7 @@ def run(cfg: dict, run_dir, data_dir=None, progress: bool = True) -> dict | None
     results = train_all(ctx, progress)
     if not env.is_main:
         return None
+    print("evaluating every model on the test fold (bootstrap CIs, plots: a few minutes on CPU)", flush=True)
     out = evaluate_run(ctx, results)
     timing = dict(total_seconds=time.time() - t0)
     checkpoint.save_json(timing, run_dir / "timing.json")
@@ -109,7 +111,7 @@ def train_all(ctx, progress: bool = True) -> dict:
     plan = ["pretrain", "labs", "finetune", "final_labs", "signal_only", "multimodal"]
     if ctx.cfg["control"]["enabled"]:
         plan += ["control_pretrain", "control_labs", "control_finetune"]
-    bar = tqdm(total=len(plan), desc="pipeline", disable=not (progress and ctx.env.is_main), position=0)
+    bar = tqdm(total=len(plan), desc="pipeline", disable=None if (progress and ctx.env.is_main) else True, position=0)
     r = {}
 
     def step(name, fn):
