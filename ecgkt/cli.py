@@ -63,7 +63,19 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"ecgkt: warning: {text}", file=file or sys.stderr, flush=True)
 
 
+def _check_package() -> None:
+    """Python started in the folder that holds a checkout named ``ecgkt`` imports that folder as an empty
+    namespace package (with a finder-based editable install); say so instead of failing obscurely later."""
+    package = sys.modules.get(__package__ or "ecgkt")
+    if package is not None and getattr(package, "__file__", None) is None:
+        where = ", ".join(getattr(package, "__path__", []) or ["?"])
+        raise SystemExit(f"ecgkt: error: `import ecgkt` found the folder {where}, not the package (Python was "
+                         f"started in the folder that holds the checkout); run from another folder, or "
+                         f"reinstall with `make` (a strict editable install)")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _check_package()
     warnings.showwarning = _show_warning
     parser = build_parser()
     args = parser.parse_args(argv)
