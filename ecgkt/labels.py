@@ -91,6 +91,25 @@ def icd_parent(code: str, among) -> str | None:
     return None
 
 
+REPORT_GROUP = "Machine-report statements"
+OTHER_GROUP = "Other labels"
+
+
+def group_of(key: str) -> str:
+    """The group a label belongs to in figures: its ICD-10-CM chapter ("Diseases of the circulatory
+    system (I00-I99)"), the machine-report statements, or other labels."""
+    if key.startswith(REPORT_PREFIX):
+        return REPORT_GROUP
+    if key.startswith(ICD_PREFIX):
+        code = key[len(ICD_PREFIX):].replace(".", "").strip().upper()
+        cm = _icd()
+        if cm is not None and cm.is_valid_item(code):
+            chapter = cm.get_ancestors(code)[-1] if cm.get_ancestors(code) else code
+            return cm.get_description(chapter)
+        return f"ICD-10 {code[:1]}"
+    return OTHER_GROUP
+
+
 def lab_display(key: str) -> str:
     """``potassium_high`` -> ``Potassium, high``; ``urea nitrogen low`` -> ``Urea nitrogen, low``."""
     from .predict.explanations import parse_lab_output
