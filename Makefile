@@ -6,22 +6,28 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 RUN    ?= runs/demo
+# strict: the editable install is a link tree on sys.path, so `import ecgkt` finds the package even
+# when Python runs in the folder that holds a checkout named ecgkt (the default finder-based mode loses
+# to that folder, which imports as an empty namespace package). A new module needs `make` again.
+EDITABLE ?= strict
 
 .PHONY: setup demo test bench clean
 
 SOURCES := setup.py $(shell find csrc -type f)
 
-# Dependencies and the first build of the extension.
-$(VENV)/.installed: pyproject.toml
+# The virtual environment with the build requirements (torch first: the extension compiles against it).
+$(VENV)/.installed:
+	@echo "ecgkt: creating $(VENV) with $(TORCH) (a download of about 1 GB on a fresh machine)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "setuptools>=77" wheel
 	$(PY) -m pip install -q "$(TORCH)" numpy pybind11 ninja
-	$(PY) -m pip install -q --no-build-isolation -e ".[test]"
-	touch $(VENV)/.installed $(VENV)/.built
+	touch $@
 
-# Rebuild the extension when a C++/CUDA source changed since the last build.
-$(VENV)/.built: $(VENV)/.installed $(SOURCES)
-	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+# ecgkt[test] and its C++ extension, built once here and again only when a C++/CUDA source or
+# pyproject.toml changed.
+$(VENV)/.built: $(VENV)/.installed pyproject.toml $(SOURCES)
+	@echo "ecgkt: compiling the C++ extension and installing ecgkt[test] (about 3-4 minutes on 2 cores)"
+	$(PY) -m pip install -q --no-build-isolation -e ".[test]" --config-settings editable_mode=$(EDITABLE)
 	touch $@
 
 setup: $(VENV)/.built
@@ -30,7 +36,7 @@ demo: setup
 	$(VENV)/bin/ecgkt pipeline --out $(RUN)
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -rs tests
 
 bench: setup
 	for b in benches/bench_*.py; do $(PY) $$b || exit 1; done

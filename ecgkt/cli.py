@@ -1,16 +1,22 @@
 """The ``ecgkt`` command line. Each subcommand lives beside the code it drives and
-registers itself through an ``add_cli(subparsers)`` function listed in COMMANDS."""
+registers itself through an ``add_cli(subparsers)`` function listed in COMMANDS.
+
+``--help`` must answer at once: this module and every module in COMMANDS import only the standard
+library (and ecgkt.errors) at import time; torch, numpy and pandas are imported by the command that
+runs, after the arguments are parsed (``ecgkt.load()``)."""
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+import warnings
 
 from .errors import ECGKTError
 
-# module providing add_cli(subparsers); each add_cli sets `func` on its parser.
+# module providing add_cli(subparsers); each add_cli sets `func` on its parser. A tuple names
+# alternatives: the first that exists is used.
 COMMANDS = [
-    "ecgkt.data.synth.cli",
+    ("ecgkt.data.synth.cli", "ecgkt.data.synth"),
     "ecgkt.data.prepare_cli",
     "ecgkt.train.cli",
     "ecgkt.predict.cli",
@@ -30,14 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ecgkt {_version()}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for name in COMMANDS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:
-                continue  # that part of ecgkt is not built yet
-            raise
-        module.add_cli(sub)
+    for names in COMMANDS:
+        for name in (names,) if isinstance(names, str) else names:
+            try:
+                module = importlib.import_module(name)
+            except ModuleNotFoundError as e:
+                if e.name == name:
+                    continue  # that part of ecgkt is not built (or has moved)
+                raise
+            module.add_cli(sub)
+            break
     return parser
 
 
@@ -47,12 +55,36 @@ def _version() -> str:
     return __version__
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings of a command (expected conditions: a dropped lab test, the reference-kernel fallback) as
+    one line each, without the source line Python shows by default."""
+    text = str(message)
+    text = text[len("ecgkt: "):] if text.startswith("ecgkt: ") else text
+    print(f"ecgkt: warning: {text}", file=file or sys.stderr, flush=True)
+
+
+def _check_package() -> None:
+    """Python started in the folder that holds a checkout named ``ecgkt`` imports that folder as an empty
+    namespace package (with a finder-based editable install); say so instead of failing obscurely later."""
+    package = sys.modules.get(__package__ or "ecgkt")
+    if package is not None and getattr(package, "__file__", None) is None:
+        where = ", ".join(getattr(package, "__path__", []) or ["?"])
+        raise SystemExit(f"ecgkt: error: `import ecgkt` found the folder {where}, not the package (Python was "
+                         f"started in the folder that holds the checkout); run from another folder, or "
+                         f"reinstall with `make` (a strict editable install)")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _check_package()
+    warnings.showwarning = _show_warning
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
+    from . import load
+
+    load()  # torch and the ops: deferred until a command runs, so that --help answers at once
     try:
         rc = args.func(args)
     except ECGKTError as e:

@@ -5,7 +5,8 @@ import pytest
 
 from ecgkt.data.wfdb_io import STANDARD_LEADS
 from ecgkt.predict import report
-from ecgkt.predict.explanations import explain
+from ecgkt.predict.cli import Display
+from ecgkt.predict.explanations import ExplanationGate, explain, gate_config
 from ecgkt.predict.inference import RecordResult
 from predict_helpers import make_model, run_cli, synthetic_ecg
 
@@ -14,14 +15,17 @@ def fake_result(record="folder/rec<1>&x", warnings=()):
     labs = sorted([explain("potassium_high", 0.83), explain("calcium_low", 0.61), explain("sodium_high", 0.2)],
                   key=lambda f: -f.probability)
     return RecordResult(record=record, fs=500.0, duration_s=10.0, n_windows=1,
-                        diagnoses=[("atrial fibrillation", 0.91), ("left bundle branch block", 0.40),
-                                   ("sinus tachycardia", 0.05)],
+                        diagnoses=[("icd:I48", 0.93), ("icd:I489", 0.91), ("report:lbbb", 0.40),
+                                   ("report:sinus_tachycardia", 0.05)],
                         labs=labs, repaired_leads=["aVR"], flat_leads=["V3"], warnings=list(warnings))
 
 
 def test_report_png_size_and_content(tmp_path):
     mv = synthetic_ecg(10, 500, seed=1)
-    png, page = report.write_report(fake_result(), mv, 500.0, STANDARD_LEADS, tmp_path, "rec")
+    result = fake_result()
+    gate = ExplanationGate.from_config(gate_config({"potassium_high": 0.91, "calcium_low": 0.62}, 0.7))
+    png, page = report.write_report(result, mv, 500.0, STANDARD_LEADS, tmp_path, "rec",
+                                    display=Display.for_result(result, gate))
     img = mpimg.imread(png)
     assert img.shape[1::-1] == report.IMAGE_SIZE == (1800, 900)
     gray = img[..., :3].mean(axis=-1)
@@ -33,7 +37,18 @@ def test_report_png_size_and_content(tmp_path):
     assert 0.005 < dark < 0.2 and pink > 0.02, (dark, pink)
     html = page.read_text()
     assert 'src="rec.png"' in html and "rec&lt;1&gt;&amp;x" in html and "<1>" not in html
-    assert "potassium high 0.83 \u2014 associated with peaked" in html and "atrial fibrillation" in html
+    # names, not keys; the parent I48 shown once, folded into its child's line; the gate at work
+    assert "I48.9 Unspecified atrial fibrillation and atrial flutter (I48 0.93)" in html
+    assert "Left bundle branch block" in html and "report:lbbb" in html  # the key stays, in the full table
+    assert "High potassium predicted (probability 0.83, validation AUROC 0.91). Expected on the ECG: peaked" in html
+    assert "Low calcium predicted" not in html  # AUROC 0.62 < 0.70: not an explanation
+    assert "High sodium predicted" not in html  # no ECG signature: never an explanation
+
+
+def test_report_without_validation_aurocs_says_so(tmp_path):
+    png, page = report.write_report(fake_result(), synthetic_ecg(10, 500), 500.0, STANDARD_LEADS, tmp_path, "r")
+    html = page.read_text()
+    assert "lab explanations not shown" in html and "predicted (probability" not in html
 
 
 def test_trace_follows_the_paper_scale(tmp_path):

@@ -9,23 +9,26 @@
   collate(items)                    DataLoader collate_fn for its items (numpy stacking)
   generate(out_dir, patients, seed) the synthetic MIMIC-shaped dataset (`ecgkt synth`)
 """
-from .labevents import read_labevents
-from .mimic import CohortConfig, Cohort, build_cohort, find_roots, subject_folds
-from .store import ECGStore, prepare
-from .synth import SynthConfig, generate
-from .wfdb_io import INVALID, STANDARD_LEADS, ECGRecord, iter_windows, read_header, read_record
+import importlib
+
+# Imported on first use, so that `ecgkt --help` and light readers do not pay for pandas / torch / pydicom.
+_LAZY = {
+    "read_labevents": ".labevents",
+    **dict.fromkeys(("CohortConfig", "Cohort", "build_cohort", "find_roots", "subject_folds"), ".mimic"),
+    **dict.fromkeys(("ECGStore", "prepare"), ".store"),
+    **dict.fromkeys(("SynthConfig", "generate"), ".synth"),
+    **dict.fromkeys(("INVALID", "STANDARD_LEADS", "ECGRecord", "iter_windows", "read_header", "read_record"),
+                    ".wfdb_io"),
+    **dict.fromkeys(("ECGDataset", "collate"), ".dataset"),  # needs torch
+    "read_dicom": ".dicom_io",  # needs pydicom
+}
 
 
 def __getattr__(name):
-    # torch and pydicom are imported only when these are asked for
-    if name in ("ECGDataset", "collate"):
-        from . import dataset
-
-        return getattr(dataset, name)
-    if name == "read_dicom":
-        from .dicom_io import read_dicom
-
-        return read_dicom
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'ecgkt.data' has no attribute {name!r}")
 
 

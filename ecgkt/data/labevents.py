@@ -47,7 +47,7 @@ def read_labevents(path, itemids, block_size: int = 16 << 20, progress: bool = F
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(desc="labevents", unit=" rows", unit_scale=True)
+        bar = tqdm(desc="labevents", unit=" rows", unit_scale=True, disable=None)
     kept = []
     try:
         for batch in reader:

@@ -216,7 +216,7 @@ def prepare(roots, out_dir, config: CohortConfig | None = None, *, workers: int 
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=n_rows, initial=n_rows - sum(len(t[2]) for t in todo), desc="prepare", unit=" rec")
+        bar = tqdm(total=n_rows, initial=n_rows - sum(len(t[2]) for t in todo), desc="prepare", unit=" rec", disable=None)
     sizes = {t[0]: len(t[2]) for t in todo}
     try:
         for k, _ in _run_parallel(_convert_chunk, todo, workers):

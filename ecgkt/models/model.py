@@ -20,6 +20,7 @@ from .encoders import ECGEncoder, LinearHead, ProjectionHead, TabularEncoder, in
 STANDARD_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
 FORMAT_VERSION = 1
 
 DEFAULT_PREPROCESSING = dict(highpass=0.5, lowpass=45.0, notch=60.0, target_fs=100, normalize="zscore")
@@ -127,21 +128,32 @@ class ECGKTModel(nn.Module):
         return dict(embedding=h, dx_logits=self.dx_head(h), lab_logits=self.lab_head(h))
 
     # --- persistence -------------------------------------------------------------------------
-    def save_pretrained(self, directory) -> Path:
-        """Writes config.json + model.safetensors, each atomically (weights first: a folder whose config
-        is new always has matching weights). Refuses non-finite weights; the config is strict JSON."""
+    def save_pretrained(self, directory, provenance: bool = True) -> Path:
+        """Writes model.safetensors, config.json and README.md (the model card), each atomically (weights first:
+        a folder whose config is new always has matching weights). Refuses non-finite weights; the config is
+        strict JSON. The config gains the label table (``labels``, ``id2label``: names for people, see
+        ecgkt.labels) and, unless it has one or ``provenance=False``, ``provenance`` (versions, commit,
+        hardware: ecgkt.provenance)."""
         from safetensors.torch import save
 
-        from ..io import atomic_write_bytes, atomic_write_json
+        from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text, jsonable
+        from ..labels import config_entries
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        self.config.update(config_entries(self.dx_names, self.lab_label_names))
+        if provenance and "provenance" not in self.config:
+            from ..provenance import provenance as _provenance
+
+            self.config["provenance"] = _provenance()
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
         if bad:
             raise ECGKTError(f"{directory}: refusing to save non-finite weights ({', '.join(bad[:3])})")
         atomic_write_bytes(directory / WEIGHTS_NAME, save(state, metadata={"format": "pt"}))
+        self.config = jsonable(self.config)  # strict JSON: a NaN metric is stored as null
         atomic_write_json(directory / CONFIG_NAME, self.config)
+        atomic_write_text(directory / CARD_NAME, model_card(self.config))
         return directory
 
     @classmethod
@@ -248,3 +260,102 @@ class ECGKTModel(nn.Module):
                 flat_leads=[self.leads[i] for i in torch.nonzero(info.flat[b].cpu()).flatten().tolist()],
             ))
         return results if batched else results[0]
+
+
+def _md(text) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def model_card(config: dict) -> str:
+    """The model folder's README.md, in the usual model-card layout, from its config alone."""
+    from ..labels import label_table
+
+    labels = config.get("labels") or label_table(config.get("dx_names", []), config.get("lab_label_names", []))
+    data = config.get("training_data") or ("the built-in synthetic MIMIC-shaped dataset of `ecgkt synth` "
+                                          "(no real patient data)")
+    arch = config.get("architecture", {})
+    pre = config.get("preprocessing", {})
+    prov = config.get("provenance") or {}
+    lines = [
+        "---",
+        "library_name: ecgkt",
+        "tags: [ecg, electrocardiogram, multi-label-classification, research]",
+        "license: apache-2.0",
+        "---",
+        "",
+        "# ecgkt ECG-only model",
+        "",
+        "An ECG-only model from the ecgkt pipeline (clinical knowledge transferred into an ECG encoder by "
+        "contrastive pre-training against labs, vitals and biometrics): from a 12-lead ECG it predicts "
+        f"{len(labels['dx'])} diagnosis labels and {len(labels['lab'])} lab abnormalities, the latter "
+        "serving as the explanation of the former.",
+        "",
+        "**Not a clinical device.** Research use only: it must not inform the diagnosis or treatment of "
+        "any person.",
+        "",
+        "## Intended use",
+        "",
+        "- Research on ECG representation learning and on explaining ECG predictions through labs.",
+        "- Scoring ECG records with `ecgkt predict MODEL RECORD...` (table, JSON, CSV, PNG/HTML reports) "
+        "or `ECGKTModel.from_pretrained(MODEL)` in Python.",
+        "",
+        "## Training data",
+        "",
+        f"Trained on {data}.",
+    ]
+    if not config.get("training_data"):
+        lines += ["", "Its probabilities say what the generator's rules make visible on the ECG; they carry no "
+                      "evidence about real patients."]
+    lines += ["", "## Model", "",
+              f"- Encoder: 1-D CNN, size `{arch.get('size', '?')}`, normalisation `{arch.get('norm', '?')}`; "
+              f"{len(config.get('leads', []))} leads ({', '.join(config.get('leads', []))}).",
+              f"- Input: any sampling rate, resampled to {pre.get('target_fs', '?')} Hz; band-pass "
+              f"{pre.get('highpass', '?')}-{pre.get('lowpass', '?')} Hz, notch {pre.get('notch', '?')} Hz, "
+              f"normalisation `{pre.get('normalize', '?')}`; windows of {config.get('window_s', 10)} s averaged."]
+    metrics = config.get("metrics")
+    lines += ["", "## Metrics", ""]
+    if isinstance(metrics, dict) and metrics:
+        lines += ["| metric | value |", "| --- | --- |"]
+        for k, v in metrics.items():
+            lines.append(f"| {_md(k)} | {v:.4f} |" if isinstance(v, (int, float)) and v == v else
+                         f"| {_md(k)} | {_md('n/a' if v is None else v)} |")
+    else:
+        lines.append("No metrics were stored with this model; see the run's results.md.")
+    gate = config.get("lab_validation_auroc")
+    lines += ["", "## Explanations", ""]
+    if isinstance(gate, dict):
+        thr = config.get("explanation_min_auroc", 0.7)
+        lines.append(f"A predicted lab abnormality explains a diagnosis only when its ECG association is documented "
+                     f"(ecgkt/predict/lab_associations.csv) and its AUROC on this model's validation set is at "
+                     f"least {thr:.2f}.")
+    else:
+        lines.append("This model carries no validation AUROCs for its lab outputs, so `ecgkt predict` shows no "
+                     "lab explanations for it.")
+    lines += ["", "## Limitations", "",
+              "- Probabilities are not calibrated to any real population; label frequencies follow the training data.",
+              "- Lab abnormalities are predicted from the ECG, not measured; labs with no ECG signature are not "
+              "predictable from an ECG and never explain a diagnosis.",
+              "- ICD-10 labels come from the encounters an ECG falls in: they describe the stay, not necessarily "
+              "the ECG.",
+              "- Records far from the training data (paced rhythms, children, other devices and filters) may be "
+              "scored with confidence and still be wrong.",
+              "", "## Labels", "", "| # | code | diagnosis | label key |", "| --- | --- | --- | --- |"]
+    for i, e in enumerate(labels["dx"]):
+        lines.append(f"| {i} | {_md(e.get('code') or '')} | {_md(e.get('title') or e['name'])} | `{_md(e['key'])}` |")
+    lines += ["", "| # | lab abnormality | output | validation AUROC |", "| --- | --- | --- | --- |"]
+    for i, e in enumerate(labels["lab"]):
+        auroc = gate.get(e["key"]) if isinstance(gate, dict) else None
+        lines.append(f"| {i} | {_md(e['name'])} | `{_md(e['key'])}` | "
+                     f"{'n/a' if auroc is None else f'{auroc:.3f}'} |")
+    if prov:
+        pk = prov.get("packages", {})
+        git = prov.get("git") or {}
+        hw = prov.get("hardware") or {}
+        lines += ["", "## Provenance", "",
+                  f"- Saved {prov.get('date', '?')} by ecgkt {pk.get('ecgkt') or '?'} "
+                  f"(git {git.get('commit', 'n/a')[:12]}{' + local changes' if git.get('dirty') else ''}), "
+                  f"torch {pk.get('torch') or '?'}, Python {prov.get('python', '?')}.",
+                  f"- Hardware: {hw.get('cpu') or '?'}, {hw.get('cpu_count') or '?'} cores"
+                  + (f", GPUs: {', '.join(hw['gpus'])}" if hw.get("gpus") else ", no GPU") + ".",
+                  f"- Command: `{_md(prov.get('command') or 'n/a')}`."]
+    return "\n".join(lines) + "\n"

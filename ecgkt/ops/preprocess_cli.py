@@ -4,9 +4,6 @@ from __future__ import annotations
 import argparse
 import pathlib
 
-import numpy as np
-import torch
-
 from ..errors import ECGKTError, RecordError
 from ..io import atomic_write
 
@@ -59,6 +56,9 @@ def read_wfdb(record: str):
 
 
 def run(args) -> int:
+    import numpy as np
+    import torch
+
     from .preprocess import preprocess
 
     sig, fs, gain, baseline, names = read_wfdb(args.record)

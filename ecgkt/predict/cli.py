@@ -88,33 +88,77 @@ def _load_model(path: str):
     return ECGKTModel.from_pretrained(folder)
 
 
-def _table_block(result, top: int) -> str:
-    dx = "  ".join(f"{name} {p:.2f}" for name, p in result.top_diagnoses(top))
+class Display:
+    """How one model's results read: label names (ecgkt.labels) and the evidence gate of its explanations
+    (ecgkt.predict.explanations), from the model's config or given."""
+
+    def __init__(self, model=None, labels=None, gate=None):
+        from ..labels import Labels
+        from .explanations import ExplanationGate
+
+        self.labels = labels or Labels.for_model(model)
+        self.gate = gate or ExplanationGate.from_config(getattr(model, "config", {}))
+
+    @classmethod
+    def for_result(cls, result, gate=None) -> "Display":
+        """Names from a result's own label keys; without ``gate`` no lab explanations (nothing to gate on)."""
+        from ..labels import Labels
+        from .explanations import ExplanationGate
+
+        return cls(labels=Labels.for_names([k for k, _ in result.diagnoses], [f.output for f in result.labs]),
+                   gate=gate or ExplanationGate(None))
+
+    def top(self, result, k: int):
+        """[(display line, probability)] of the k most probable diagnoses, each parent shown once."""
+        return [(self.labels.line(key, folded), p) for key, p, folded in self.labels.top(result.diagnoses, k)]
+
+    def explanation(self, result):
+        return self.gate.explanation(result.labs, result.lab_threshold)
+
+    def sentences(self, result) -> list[str]:
+        return self.gate.sentences(result.labs, result.lab_threshold)
+
+    def to_dict(self, result) -> dict:
+        d = result.to_dict()
+        d["diagnosis_names"] = {key: self.labels.name(key) for key, _ in result.diagnoses}
+        d["top_diagnoses"] = [{"label": key, "name": self.labels.name(key), "probability": round(p, 6),
+                               "parents_shown_here": [f for f, _ in folded]}
+                              for key, p, folded in self.labels.top(result.diagnoses, len(result.diagnoses))]
+        d["explanation"] = self.gate.explanation_dicts(result.labs, result.lab_threshold)
+        return d
+
+
+def _table_block(result, top: int, display: Display) -> str:
     lines = [f"{result.record}  ({result.duration_s:.1f} s at {result.fs:g} Hz"
-             + (f", {result.n_windows} windows)" if result.n_windows > 1 else ")"),
-             f"  diagnoses    {dx}"]
-    findings = result.explanation
-    if not findings:
-        lines.append(f"  explanation  no lab abnormality at or above {result.lab_threshold:.2f}")
-    for k, f in enumerate(findings):
-        lines.append(("  explanation  " if k == 0 else "               ") + f.text())
+             + (f", {result.n_windows} windows)" if result.n_windows > 1 else ")")]
+    for k, (name, p) in enumerate(display.top(result, top)):
+        lines.append(("  diagnoses    " if k == 0 else "               ") + f"{p:.2f}  {name}")
+    sentences = display.sentences(result)
+    if not display.gate.available:
+        lines.append("  explanation  none shown: the model carries no validation AUROCs for its lab outputs")
+    elif not sentences:
+        lines.append(f"  explanation  no lab abnormality with a documented ECG association predicted at or above "
+                     f"{result.lab_threshold:.2f} by a lab output with validation AUROC >= {display.gate.min_auroc:.2f}")
+    for k, text in enumerate(sentences):
+        lines.append(("  explanation  " if k == 0 else "               ") + text)
     for w in result.warnings:
         lines.append(f"  warning      {w}")
     return "\n".join(lines)
 
 
 def _csv_header(model) -> list[str]:
-    return (["record", "fs", "duration_s", "windows"] + [f"dx:{n}" for n in model.dx_names]
+    return (["record", "fs", "duration_s", "windows", "top_diagnoses"] + [f"dx:{n}" for n in model.dx_names]
             + [f"lab:{n}" for n in model.lab_label_names]
             + ["explanation", "repaired_leads", "flat_leads", "warnings", "error"])
 
 
-def _csv_row(model, result) -> list:
+def _csv_row(model, result, display: Display) -> list:
     dx = dict(result.diagnoses)
     labs = {f.output: f.probability for f in result.labs}
-    return ([result.record, result.fs, round(result.duration_s, 3), result.n_windows]
+    return ([result.record, result.fs, round(result.duration_s, 3), result.n_windows,
+             "; ".join(f"{name} {p:.2f}" for name, p in display.top(result, 5))]
             + [round(dx[n], 6) for n in model.dx_names] + [round(labs[n], 6) for n in model.lab_label_names]
-            + ["; ".join(f.text() for f in result.explanation), " ".join(result.repaired_leads),
+            + [" ".join(display.sentences(result)), " ".join(result.repaired_leads),
                " ".join(result.flat_leads), "; ".join(result.warnings), ""])
 
 
@@ -138,6 +182,7 @@ def run_predict(args) -> int:
     predictor = Predictor(model, device=args.device, batch_size=args.batch_size, lab_threshold=args.lab_threshold,
                           read_workers=args.workers)
     sources, failures = expand_inputs(args.inputs, folder_npy=args.fs is not None and leads is not None)
+    display = Display(model)
 
     # a file output is written beside its target and renamed at the end: never a torn file
     out = open(temp_path(args.output), "w", newline="") if args.output else sys.stdout
@@ -156,16 +201,18 @@ def run_predict(args) -> int:
                     failures.append(result)
                     continue
                 n_ok += 1
+                if n_ok == 1 and display.gate.note:  # once, and only when there is a result it applies to
+                    print(f"ecgkt: {display.gate.note}", file=sys.stderr)
                 if args.report:
-                    _write_report(result, record, model, args.report, report_names)
+                    _write_report(result, record, model, args.report, report_names, display)
                 if args.format == "table":
-                    print(_table_block(result, args.top) + "\n", file=out, flush=True)
+                    print(_table_block(result, args.top, display) + "\n", file=out, flush=True)
                 elif writer:
-                    writer.writerow(_csv_row(model, result))
+                    writer.writerow(_csv_row(model, result, display))
                 else:
-                    results.append(result.to_dict())
+                    results.append(display.to_dict(result))
         if args.format == "json":
-            out.write(dumps_json({"model": str(args.model), "results": results,
+            out.write(dumps_json({"model": str(args.model), "explanation_note": display.gate.note, "results": results,
                                   "failures": [{"record": f.name, "error": f.problem} for f in failures]}) + "\n")
         elif writer:
             width = len(_csv_header(model))
@@ -208,11 +255,12 @@ def _check_output_paths(args) -> None:
             raise ECGKTError(f"--report {describe_os_error(e, report)}") from None
 
 
-def _write_report(result, record, model, out_dir, taken) -> None:
+def _write_report(result, record, model, out_dir, taken, display=None) -> None:
     from .report import display_signal, report_stem, write_report
 
     signal = display_signal(record, model.preprocessor.settings)
-    write_report(result, signal, record.fs, record.leads, out_dir, report_stem(result.record, taken))
+    write_report(result, signal, record.fs, record.leads, out_dir, report_stem(result.record, taken),
+                 display=display or Display(model), record=record)
 
 
 def _finish(n_ok: int, failures) -> int:

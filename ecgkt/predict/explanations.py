@@ -7,17 +7,29 @@ a surface ECG (strong / moderate / weak / indirect / none), so a reader can weig
 
 A model names its lab outputs in many ways ("potassium_high", "Potassium (high)", "50971_high",
 "k high"); :func:`parse_lab_output` reads all of them.
+
+Evidence gate (:class:`ExplanationGate`): a predicted lab abnormality is offered as an explanation only
+when (1) the table documents an ECG association for it (strength strong / moderate / weak / indirect;
+labs with no ECG signature never explain anything) and (2) the model predicted that lab well on its own
+validation set: its AUROC there, stored in the model config as ``lab_validation_auroc`` {label: AUROC},
+is at least ``explanation_min_auroc`` (saved with it; :func:`gate_config` makes both entries). A model
+saved without these entries shows no lab explanations, and says so in one line.
 """
 from __future__ import annotations
 
 import csv
 import functools
+import math
 import re
 from dataclasses import dataclass
 from importlib import resources
 
 DIRECTIONS = ("low", "high")
 UNDOCUMENTED = "no ECG association documented for this lab in lab_associations.csv"
+EVIDENCE_STRENGTHS = ("strong", "moderate", "weak", "indirect")  # a documented ECG association
+DEFAULT_MIN_AUROC = 0.7
+NO_GATE_NOTE = ("lab explanations not shown: this model was saved without validation AUROCs for its lab "
+                "outputs (no lab_validation_auroc in its config.json)")
 
 
 @dataclass(frozen=True)
@@ -44,6 +56,29 @@ class LabFinding:
         if self.strength in ("none", "unknown"):  # nothing on the ECG to point at: say so plainly
             return f"{head} {self.probability:.2f} \u2014 {self.association}"
         return f"{head} {self.probability:.2f} \u2014 associated with {self.association}"
+
+    @property
+    def documented(self) -> bool:
+        """The table documents an ECG association for this lab and direction."""
+        return self.strength in EVIDENCE_STRENGTHS
+
+    def display_name(self) -> str:
+        """"High potassium", "Low pH", "NT-proBNP" (no direction)."""
+        from ..labels import LAB_NAMES
+
+        name = LAB_NAMES.get(self.lab, self.lab)
+        return f"{self.direction.capitalize()} {name}" if self.direction else name[:1].upper() + name[1:]
+
+    def sentence(self, auroc: float | None = None) -> str:
+        """The explanation as a sentence: "High potassium predicted (probability 0.81, validation AUROC
+        0.93). Expected on the ECG: peaked, narrow T waves (V2-V4); ..."."""
+        evidence = f"probability {self.probability:.2f}"
+        if auroc is not None:
+            evidence += f", validation AUROC {auroc:.2f}"
+        text = self.association.rstrip(".")
+        if not self.documented:
+            return f"{self.display_name()} predicted ({evidence}). {text[:1].upper() + text[1:]}."
+        return f"{self.display_name()} predicted ({evidence}). Expected on the ECG: {text}."
 
     def to_dict(self) -> dict:
         return {
@@ -118,3 +153,68 @@ def explain_all(names, probabilities, threshold: float = 0.5, top: int | None = 
     findings = [explain(n, p) for n, p in zip(names, probabilities) if float(p) >= threshold]
     findings.sort(key=lambda f: -f.probability)
     return findings[:top] if top else findings
+
+
+def _finite(value) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def gate_config(val_auroc_by_label: dict, threshold: float = DEFAULT_MIN_AUROC) -> dict:
+    """The model-config entries of the evidence gate, to merge into ``ECGKTModel.config`` before saving:
+    ``{"lab_validation_auroc": {label: AUROC or None}, "explanation_min_auroc": threshold}``.
+    ``val_auroc_by_label`` maps each lab output name (``model.lab_label_names``) to its AUROC on the
+    model's own validation set; a NaN (too few positives) is stored as null and never passes."""
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise ValueError(f"threshold must be an AUROC in [0, 1], got {threshold}")
+    return {"lab_validation_auroc": {str(k): _finite(v) for k, v in val_auroc_by_label.items()},
+            "explanation_min_auroc": float(threshold)}
+
+
+@dataclass(frozen=True)
+class ExplanationGate:
+    """Which lab outputs of a model may explain its diagnoses (see the module docstring)."""
+
+    aurocs: dict | None  # label -> validation AUROC (None: too few positives); None: the model has none
+    min_auroc: float = DEFAULT_MIN_AUROC
+
+    @classmethod
+    def from_config(cls, config: dict | None) -> "ExplanationGate":
+        config = config or {}
+        aurocs = config.get("lab_validation_auroc")
+        if not isinstance(aurocs, dict):
+            return cls(None, float(config.get("explanation_min_auroc", DEFAULT_MIN_AUROC)))
+        return cls({str(k): _finite(v) for k, v in aurocs.items()},
+                   float(config.get("explanation_min_auroc", DEFAULT_MIN_AUROC)))
+
+    @property
+    def available(self) -> bool:
+        return self.aurocs is not None
+
+    @property
+    def note(self) -> str | None:
+        """The one info line for a model without validation AUROCs, else None."""
+        return None if self.available else NO_GATE_NOTE
+
+    def auroc(self, output: str) -> float | None:
+        return None if self.aurocs is None else self.aurocs.get(output)
+
+    def admits(self, finding: LabFinding) -> bool:
+        auroc = self.auroc(finding.output)
+        return finding.documented and auroc is not None and auroc >= self.min_auroc
+
+    def explanation(self, findings, threshold: float = 0.5) -> list[LabFinding]:
+        """The findings at or above ``threshold`` that pass the gate, most probable first."""
+        out = [f for f in findings if f.probability >= threshold and self.admits(f)]
+        return sorted(out, key=lambda f: -f.probability)
+
+    def sentences(self, findings, threshold: float = 0.5) -> list[str]:
+        return [f.sentence(self.auroc(f.output)) for f in self.explanation(findings, threshold)]
+
+    def explanation_dicts(self, findings, threshold: float = 0.5) -> list[dict]:
+        """JSON-ready explanation entries (with the AUROC and the sentence)."""
+        return [{**f.to_dict(), "validation_auroc": self.auroc(f.output), "text": f.sentence(self.auroc(f.output))}
+                for f in self.explanation(findings, threshold)]

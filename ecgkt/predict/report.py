@@ -103,27 +103,56 @@ def draw_ecg(ax, signal_mv: np.ndarray, fs: float, leads) -> None:
                 ax.plot([x0, x0], [y0 - 4, y0 + 4], color="black", linewidth=1.0, zorder=3)
 
 
-def _sidebar_lines(result) -> list[tuple[str, dict]]:
+def _default_display(result):
+    from .cli import Display
+
+    return Display.for_result(result)
+
+
+def _patient_line(facts: dict) -> str:
+    """"Male, 78 y  |  HR 72 bpm  PR 160 ms  QRS 92 ms  QT 380 ms  QTc 410 ms" from the known facts."""
+    who = ", ".join(x for x in (facts.get("sex"), f"{facts['age']:g} y" if facts.get("age") is not None else None) if x)
+    iv = facts.get("intervals") or {}
+    nb = "\u00a0"  # keeps "QT 410 ms" on one line when wrapped
+    parts = [f"HR{nb}{iv['hr_bpm']:.0f}{nb}bpm" if iv.get("hr_bpm") is not None else None]
+    parts += [f"{name}{nb}{iv[key]:.0f}{nb}ms" if iv.get(key) is not None else None
+              for name, key in (("PR", "pr_ms"), ("QRS", "qrs_ms"), ("QT", "qt_ms"), ("QTc", "qtc_ms"))]
+    measured = "  ".join(p for p in parts if p)
+    return "  |  ".join(x for x in (who, measured) if x)
+
+
+def _sidebar_lines(result, display, facts: dict) -> list[tuple[str, dict]]:
     """(text, style) lines for the panel beside the tracing."""
-    lines: list[tuple[str, dict]] = [("Top diagnoses", dict(weight="bold", size=12))]
-    for name, p in result.top_diagnoses(5):
-        lines.append((f"{p:5.2f}  {name}", dict(family="monospace", size=10.5)))
+    lines: list[tuple[str, dict]] = []
+    patient = _patient_line(facts)
+    if patient:
+        lines.append(("Record", dict(weight="bold", size=12)))
+        for part in textwrap.wrap(patient, 52, break_on_hyphens=False):
+            lines.append((part, dict(size=10)))
+        if facts.get("intervals"):
+            lines.append(("measured on the 12-lead median beat; QTc by Bazett", dict(size=8.5, color="#666666")))
+        lines.append(("", {}))
+    lines.append(("Top diagnoses", dict(weight="bold", size=12)))
+    for name, p in display.top(result, 5):
+        for k, part in enumerate(textwrap.wrap(name, 42)):
+            lines.append(((f"{p:4.2f}  " if k == 0 else "      ") + part, dict(family="monospace", size=9.5)))
     lines.append(("", {}))
     lines.append(("Explanation: predicted lab abnormalities", dict(weight="bold", size=11.5)))
-    findings = result.explanation[:5]
-    if not findings:
-        lines.append((f"none at or above {result.lab_threshold:.2f}", dict(size=10, style="italic")))
+    findings = display.explanation(result)[:4]
+    if display.gate.note:
+        for part in textwrap.wrap(display.gate.note, 54):
+            lines.append((part, dict(size=9.5, style="italic")))
+    elif not findings:
+        for part in textwrap.wrap(f"none: no lab abnormality with a documented ECG association predicted at or "
+                                  f"above {result.lab_threshold:.2f} by a lab output with validation AUROC >= "
+                                  f"{display.gate.min_auroc:.2f}", 54):
+            lines.append((part, dict(size=9.5, style="italic")))
     for f in findings:
-        head = f"{f.probability:5.2f}  {f.lab} {f.direction}".rstrip()
-        lines.append((head, dict(family="monospace", size=10.5, weight="bold")))
-        for part in textwrap.wrap(f.association, 50):
+        auroc = display.gate.auroc(f.output)
+        lines.append((f"{f.probability:4.2f}  {f.display_name()}", dict(family="monospace", size=10, weight="bold")))
+        lines.append((f"      validation AUROC {auroc:.2f}", dict(size=9.5, color="#444444")))
+        for part in textwrap.wrap("Expected on the ECG: " + f.association, 50):
             lines.append(("      " + part, dict(size=9.5)))
-    below = [f for f in result.labs if f.probability < result.lab_threshold][:max(0, 4 - len(findings))]
-    if below:  # the next most probable labs, so a reader sees how close they came
-        lines.append((f"next most probable (below {result.lab_threshold:.2f}):", dict(size=9.5, color="#666666")))
-        for f in below:
-            lines.append((f"{f.probability:5.2f}  {f.lab} {f.direction}".rstrip(),
-                          dict(family="monospace", size=10, color="#666666")))
     notes = []
     if result.repaired_leads:
         notes.append("repaired: " + ", ".join(result.repaired_leads))
@@ -139,9 +168,11 @@ def _sidebar_lines(result) -> list[tuple[str, dict]]:
     return lines
 
 
-def render_png(result, signal_mv: np.ndarray, fs: float, leads, path) -> Path:
+def render_png(result, signal_mv: np.ndarray, fs: float, leads, path, display=None, facts=None) -> Path:
     """Write the report image for one record; returns its path. ``signal_mv`` [leads, samples] in mV."""
     path = Path(path)
+    display = display or _default_display(result)
+    facts = facts or {}
     fig = plt.figure(figsize=(FIG_W_MM / MM_PER_INCH, FIG_H_MM / MM_PER_INCH), dpi=DPI)
     try:
         fig.patch.set_facecolor("white")
@@ -156,7 +187,7 @@ def render_png(result, signal_mv: np.ndarray, fs: float, leads, path) -> Path:
                  "predicted from the ECG, not measured. Not a clinical device.", fontsize=8, color="#555555")
         side_x = (PAPER_X0 + PAPER_W_MM + 6.0) / FIG_W_MM
         y = (PAPER_Y0 + PAPER_H_MM) / FIG_H_MM
-        for text, style in _sidebar_lines(result):
+        for text, style in _sidebar_lines(result, display, facts):
             size = style.get("size", 10)
             fig.text(side_x, y, text, va="top", fontsize=size, fontfamily=style.get("family", "sans-serif"),
                      fontweight=style.get("weight", "normal"), fontstyle=style.get("style", "normal"),
@@ -168,17 +199,34 @@ def render_png(result, signal_mv: np.ndarray, fs: float, leads, path) -> Path:
     return path
 
 
-def render_html(result, png_name: str, path) -> Path:
+def render_html(result, png_name: str, path, display=None, facts=None) -> Path:
     """Write the HTML page for one record, showing ``png_name`` (a path relative to the page)."""
     e = html.escape
-    dx_rows = "".join(f"<tr><td>{e(n)}</td><td>{p:.3f}</td></tr>" for n, p in result.diagnoses)
+    display = display or _default_display(result)
+    facts = facts or {}
+    labels, gate = display.labels, display.gate
+    dx_rows = "".join(f"<tr><td>{e(labels.dx[n]['code'] or '') if n in labels.dx else ''}</td>"
+                      f"<td>{e(labels.dx[n]['title'] if n in labels.dx else labels.name(n))}</td>"
+                      f"<td>{p:.3f}</td><td class=muted>{e(n)}</td></tr>" for n, p in result.diagnoses)
+    admitted = {f.output for f in display.explanation(result)}
+
+    def _auroc(f):
+        a = gate.auroc(f.output)
+        return "n/a" if a is None else f"{a:.2f}"
+
     lab_rows = "".join(
-        f"<tr{' class=hit' if f.probability >= result.lab_threshold else ''}><td>{e(f.lab)} {e(f.direction)}</td>"
-        f"<td>{f.probability:.3f}</td><td>{e(f.association)}</td><td>{e(f.strength)}</td></tr>"
+        f"<tr{' class=hit' if f.output in admitted else ''}><td>{e(f.display_name())}</td>"
+        f"<td>{f.probability:.3f}</td><td>{_auroc(f)}</td><td>{e(f.association)}</td><td>{e(f.strength)}</td></tr>"
         for f in result.labs)
-    explanation = "".join(f"<li>{e(f.text())}</li>" for f in result.explanation) or \
-        f"<li>no lab abnormality predicted at or above {result.lab_threshold:.2f}</li>"
+    explanation = "".join(f"<li>{e(t)}</li>" for t in display.sentences(result))
+    if not explanation:
+        explanation = f"<li>{e(gate.note)}</li>" if gate.note else (
+            f"<li>No lab abnormality with a documented ECG association was predicted at or above "
+            f"{result.lab_threshold:.2f} by a lab output whose validation AUROC is at least {gate.min_auroc:.2f}.</li>")
     notes = "".join(f"<li>{e(w)}</li>" for w in result.warnings) or "<li>none</li>"
+    patient = _patient_line(facts)
+    patient = f"<p><b>{e(patient)}</b></p>" if patient else ""
+    top = "".join(f"<li>{p:.2f} &nbsp;{e(name)}</li>" for name, p in display.top(result, 5))
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>ecgkt report: {e(Path(result.record).name)}</title>
 <style>
@@ -192,11 +240,15 @@ tr.hit {{ background: #fff1d6; }}
 <h1>{e(Path(result.record).name)}</h1>
 <p class="muted">{e(result.record)} &middot; {result.duration_s:.1f} s at {result.fs:g} Hz &middot;
 {result.n_windows} window(s) &middot; 25 mm/s, 10 mm/mV</p>
+{patient}
 <img src="{e(png_name)}" alt="12-lead ECG of {e(Path(result.record).name)}">
+<h2>Top diagnoses</h2><ul>{top}</ul>
 <h2>Explanation</h2><ul>{explanation}</ul>
-<h2>Diagnoses</h2><table><tr><th>label</th><th>probability</th></tr>{dx_rows}</table>
+<h2>All diagnoses</h2><table><tr><th>code</th><th>diagnosis</th><th>probability</th><th>label key</th></tr>{dx_rows}</table>
 <h2>Predicted lab abnormalities</h2>
-<table><tr><th>lab</th><th>probability</th><th>ECG association</th><th>strength</th></tr>{lab_rows}</table>
+<p class="muted">A lab explains a diagnosis only when its ECG association is documented and the model's AUROC
+for it on its own validation set is at least {gate.min_auroc:.2f} (highlighted rows).</p>
+<table><tr><th>lab</th><th>probability</th><th>validation AUROC</th><th>ECG association</th><th>strength</th></tr>{lab_rows}</table>
 <h2>Leads and warnings</h2>
 <p>Repaired: {e(', '.join(result.repaired_leads) or 'none')}; flat or without signal:
 {e(', '.join(result.flat_leads) or 'none')}.</p><ul>{notes}</ul>
@@ -222,13 +274,52 @@ def report_stem(record_name: str, taken: set) -> str:
     return candidate
 
 
-def write_report(result, signal_mv: np.ndarray, fs: float, leads, out_dir, stem: str) -> tuple[Path, Path]:
-    """PNG + HTML for one record in ``out_dir``; returns both paths."""
+def write_report(result, signal_mv: np.ndarray, fs: float, leads, out_dir, stem: str, display=None,
+                 record=None) -> tuple[Path, Path]:
+    """PNG + HTML for one record in ``out_dir``; returns both paths. With ``record`` (the ECGRecord it was
+    read from) the report also shows the measured intervals and the age and sex of its header."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    png = render_png(result, signal_mv, fs, leads, out_dir / f"{stem}.png")
-    page = render_html(result, png.name, out_dir / f"{stem}.html")
+    display = display or _default_display(result)
+    facts = record_facts(record, signal_mv, fs, leads) if record is not None else {}
+    png = render_png(result, signal_mv, fs, leads, out_dir / f"{stem}.png", display, facts)
+    page = render_html(result, png.name, out_dir / f"{stem}.html", display, facts)
     return png, page
+
+
+def header_demographics(path: str) -> dict:
+    """Age (years) and sex from a WFDB header's comment lines ("# Age: 78", "# Sex: Male"), when present."""
+    p = Path(path)
+    hea = p if p.suffix == ".hea" else p.with_name(p.name + ".hea") if not p.suffix else p.with_suffix(".hea")
+    out: dict = {}
+    try:
+        text = hea.read_text(errors="replace") if hea.is_file() else ""
+    except OSError:
+        return out
+    for line in text.splitlines():
+        m = re.match(r"\s*#\s*(age|sex|gender)\s*:\s*(\S.*)$", line, re.I)
+        if not m:
+            continue
+        key, value = m.group(1).lower(), m.group(2).strip()
+        if key == "age":
+            try:
+                age = float(value)
+            except ValueError:
+                continue
+            if 0 <= age < 130:
+                out["age"] = age
+        elif value[:1].upper() in ("M", "F"):
+            out["sex"] = "Male" if value[:1].upper() == "M" else "Female"
+    return out
+
+
+def record_facts(record, signal_mv, fs: float, leads) -> dict:
+    """What the report states about the record itself: header age/sex and the measured intervals."""
+    from .intervals import measure_intervals
+
+    facts = header_demographics(getattr(record, "path", "") or "")
+    facts["intervals"] = measure_intervals(np.asarray(signal_mv), fs)  # every lead: the median beat
+    return facts
 
 
 def display_signal(record, settings: dict | None = None) -> np.ndarray:

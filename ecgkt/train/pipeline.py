@@ -75,6 +75,7 @@ def ensure_store(cfg: dict, run_dir: Path, data_dir, env, progress: bool = True)
             data_dir = raw
         elif not Path(data_dir).is_dir():
             raise ECGKTError(f"--data {data_dir}: no such folder")
+        print(f"preparing the signal store {store} from {data_dir}", flush=True)
         prepare(data_dir, store, progress=progress)
     distributed.barrier(env)
     return store
@@ -104,7 +105,7 @@ def run(cfg: dict, run_dir, data_dir=None, progress: bool = True) -> dict | None
     runner.run(ctx, jobs, _workers(cfg, env), log=print if env.is_main else (lambda *a: None))
     if not env.is_main:
         return None
-    print("evaluating (bootstrap over test ECGs)")
+    print("evaluating every model on the test folds (bootstrap CIs, plots: a minute or more on CPU)", flush=True)
     out = evaluate_run(ctx, load_results(ctx, jobs))
     checkpoint.save_json(dict(total_seconds=time.time() - t0), run_dir / "timing.json")
     return out
