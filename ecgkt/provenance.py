@@ -7,7 +7,6 @@ JSON-ready; what cannot be found (no git checkout, no GPU) is null.
 from __future__ import annotations
 
 import datetime as _dt
-import math
 import os
 import platform
 import subprocess

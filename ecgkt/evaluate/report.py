@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..io import jsonable
 from . import metrics
 from .bootstrap import bootstrap_statistic, interval, resamples
 
@@ -103,7 +104,7 @@ def compute(preds: dict, dx_names, lab_label_names, n_boot: int = 1000, ci: floa
 def compute_run(preds: dict, dx_names, lab_label_names, cfg: dict, extra: dict | None = None) -> dict:
     """The results of a pipeline run: the paper's comparison (100 % labels) on the headline subset and the
     protocol's eligible labels, the label-efficiency analysis, lab summaries, the pre-registered hypotheses
-    and the protocol itself. Strict JSON: non-finite numbers become null."""
+    and the protocol itself. Strict JSON: non-finite numbers become null (ecgkt.io.jsonable)."""
     from . import label_efficiency as le_mod
 
     e, p = cfg["evaluate"], cfg["protocol"]
@@ -156,22 +157,7 @@ def compute_run(preds: dict, dx_names, lab_label_names, cfg: dict, extra: dict |
         res["label_metadata"] = le["labels"]
         res["lab_probes"] = labs
         res["hypotheses"] = le_mod.hypotheses(le, labs)
-    return strict(res)
-
-
-def strict(obj):
-    """A copy with every non-finite float replaced by None (strict JSON has no NaN)."""
-    if isinstance(obj, dict):
-        return {k: strict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [strict(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.ndarray):
-        return strict(obj.tolist())
-    return obj
+    return jsonable(res)
 
 
 def verdict(res: dict) -> list[str]:
