@@ -30,12 +30,13 @@ since the interpreter's bfloat16 dot is wrong).
 """
 from __future__ import annotations
 
-import contextlib
 import os
 
 import torch
 import triton
 import triton.language as tl
+
+from . import on_device
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "") == "1"
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -195,11 +196,6 @@ def _check(a, b):
     if a.dtype != b.dtype or a.shape[1] != b.shape[1] or a.device != b.device:
         raise ValueError(f"ecgkt Triton contrastive kernels: a {a.dtype}{tuple(a.shape)} on {a.device} and b "
                          f"{b.dtype}{tuple(b.shape)} on {b.device} do not match")
-
-
-def on_device(t: torch.Tensor):
-    """Launches go to ``t``'s GPU, not the current one."""
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 def _launch_args(cfg):

@@ -153,6 +153,28 @@ def test_robust_normalisation_and_mad_fallback():
     assert torch.allclose(out[0].double(), z, atol=1e-5)
 
 
+@pytest.mark.parametrize("length", [100, 257])
+def test_robust_normalisation_in_row_chunks_matches_one_chunk(length):
+    """The GPU robust normalisation goes through chunks of rows (bounded memory): chunks of 1, 2 and 3
+    rows give what one chunk gives, for odd and even row lengths, MAD-0 and flat rows included."""
+    from ecgkt.kernels.preprocess import robust_normalize
+
+    y = _ecg_like(7, length, seed=length).float()
+    y[2, : length * 3 // 4] = 1.5  # MAD 0: z-score
+    y[4] = 2.0  # flat: zeros, flag bit 1
+    want, want_flags = y.clone(), torch.zeros(7, dtype=torch.int32)
+    robust_normalize(want, want_flags)
+    for rows in (1, 2, 3):
+        got, flags = y.clone(), torch.zeros(7, dtype=torch.int32)
+        robust_normalize(got, flags, chunk_elements=rows * length)
+        assert torch.equal(got, want) and torch.equal(flags, want_flags)
+    assert want_flags.tolist() == [0, 0, 0, 0, 2, 0, 0] and torch.all(want[4] == 0)
+    v = y[0].double().numpy()
+    med = np.median(v)
+    expected = (v - med) / (1.4826 * np.median(np.abs(v - med)))  # numpy's median averages an even count
+    np.testing.assert_allclose(want[0].double().numpy(), expected, atol=1e-5)
+
+
 def test_short_rows_and_single_sample():
     design = _design()
     for t in (1, 2, 3, 17):

@@ -18,8 +18,8 @@
 //  * Invalid-sample repair (rare) uses block max/min scans of the nearest valid index; flat/all-invalid
 //    rows exit early with zeros. Polyphase resampling reads the filtered row from shared memory, and the
 //    z-score uses two block reductions (mean, then centred sum of squares) before the single store.
-//  * Robust normalisation computes its two medians with ATen sort on the unnormalised kernel output
-//    (allowed by the spec); everything else is fused.
+//  * Robust normalisation computes its two medians with ATen kthvalue on row chunks of the unnormalised
+//    kernel output (allowed by the spec); everything else is fused.
 // Compute type: float32 for every input dtype except float64 (float64 throughout).
 #ifdef ECGKT_CUDA_EMULATION  // plain C++ on the CPU, for tests without a GPU (see cuda_emulation.h)
 #include "cuda_emulation.h"
@@ -607,22 +607,32 @@ void launch(const at::Tensor& x, const at::Tensor& gain, const at::Tensor& basel
 
 // (y - median) / (1.4826 MAD) per row, falling back to the z-score where the MAD is zero, and to zeros
 // (flag bit 1) where the std is zero too. Medians of an even count are the mean of the two middle values.
+// Bounded memory (the same function as robust_normalize in kernels/preprocess.py): chunks of rows of about
+// kRobustChunkElements samples, medians as order statistics (kthvalue), not a sort of the whole output.
+constexpr int64_t kRobustChunkElements = int64_t(1) << 24;
+
 void robust_normalize(at::Tensor& out, at::Tensor& flags) {
-  const int64_t n = out.size(1);
+  const int64_t N = out.size(0), n = out.size(1);
+  const int64_t step = std::max<int64_t>(1, kRobustChunkElements / std::max<int64_t>(n, 1));
   auto median = [n](const at::Tensor& v) {
-    at::Tensor sorted = std::get<0>(v.sort(1));
-    return (sorted.select(1, (n - 1) / 2) + sorted.select(1, n / 2)).mul_(0.5).unsqueeze(1);
+    at::Tensor lo = std::get<0>(v.kthvalue((n + 1) / 2, 1, true));
+    if (n % 2) return lo;
+    return lo.add_(std::get<0>(v.kthvalue(n / 2 + 1, 1, true))).mul_(0.5);
   };
-  at::Tensor med = median(out);
-  at::Tensor mad = median((out - med).abs_()).mul_(1.4826);
-  at::Tensor mean = out.mean(1, true);
-  at::Tensor std = (out - mean).square_().mean(1, true).sqrt_();
-  at::Tensor robust_ok = mad > 1.4826 * kZeroScale, std_ok = std > kZeroScale;
-  at::Tensor z = at::where(std_ok, (out - mean) / at::where(std_ok, std, at::ones_like(std)), at::zeros_like(out));
-  at::Tensor r = (out - med) / at::where(robust_ok, mad, at::ones_like(mad));
-  out.copy_(at::where(robust_ok, r, z));
-  at::Tensor dead = at::logical_and(robust_ok.logical_not(), std_ok.logical_not()).squeeze(1);
-  flags.bitwise_or_(dead.to(at::kInt).mul_(2));
+  for (int64_t r0 = 0; r0 < N; r0 += step) {
+    at::Tensor o = out.narrow(0, r0, std::min(step, N - r0));
+    at::Tensor f = flags.narrow(0, r0, o.size(0));
+    at::Tensor med = median(o);
+    at::Tensor mad = median((o - med).abs_()).mul_(1.4826);
+    at::Tensor mean = o.mean(1, true);
+    at::Tensor std = (o - mean).square_().mean(1, true).sqrt_();
+    at::Tensor robust_ok = mad > 1.4826 * kZeroScale, std_ok = std > kZeroScale;
+    at::Tensor center = at::where(robust_ok, med, mean);
+    at::Tensor spread = at::where(robust_ok, mad, at::where(std_ok, std, at::ones_like(std)));
+    at::Tensor live = at::logical_or(robust_ok, std_ok);
+    o.sub_(center).div_(spread).mul_(live.to(o.scalar_type()));
+    f.bitwise_or_(live.logical_not().squeeze(1).to(at::kInt).mul_(2));
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor> preprocess_cuda(const at::Tensor& signal, const at::Tensor& gain,
