@@ -7,7 +7,9 @@ the same code.
 Build knobs (environment variables):
   ECGKT_FORCE_CPU=1       build the CPU kernels only, even if CUDA is available
   ECGKT_FORCE_CUDA=1      fail unless the CUDA kernels can be built
-  TORCH_CUDA_ARCH_LIST    CUDA architectures, e.g. "8.0;9.0" (torch's own knob)
+  TORCH_CUDA_ARCH_LIST    CUDA architectures (torch's own knob); default "8.0;9.0+PTX": machine code
+                          for A100 and H100/H200 and PTX of the highest, which newer GPUs JIT-compile
+                          (without +PTX they get "no kernel image is available")
   MAX_JOBS                parallel compile jobs (torch's own knob; lower it when RAM is short)
   ECGKT_DEBUG=1           -O0 -g build
 
@@ -21,6 +23,7 @@ import sys
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
 
 
 def _flag(name):
@@ -71,6 +74,7 @@ def _extension():
         py_limited_api=False,
     )
     if with_cuda:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
         ext = cpp_extension.CUDAExtension(
             sources=cpp + cu,
             define_macros=[("ECGKT_WITH_CUDA", "1")],
@@ -88,7 +92,8 @@ def _extension():
     }
     with open(os.path.join(ROOT, "ecgkt", "_build_info.json"), "w") as f:
         json.dump(info, f, indent=1)
-    print(f"ecgkt: building extension (CUDA: {with_cuda}) against torch {torch.__version__}")
+    archs = f", archs {os.environ['TORCH_CUDA_ARCH_LIST']}" if with_cuda else ""
+    print(f"ecgkt: building extension (CUDA: {with_cuda}{archs}) against torch {torch.__version__}")
     return ext, cpp_extension.BuildExtension.with_options(use_ninja=True)
 
 

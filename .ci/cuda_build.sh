@@ -13,7 +13,7 @@ SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["pur
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 export PATH="$CUDA_HOME/bin:$PATH"
 export CPATH="$SITE/nvidia/cu13/include${CPATH:+:$CPATH}"
-export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-"8.0;9.0"}
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-"8.0;9.0+PTX"}  # setup.py's default
 export ECGKT_FORCE_CUDA=1
 export MAX_JOBS=${MAX_JOBS:-2}
 # Build from a clean copy of the tracked files so nothing of the CPU build is reused.
@@ -35,4 +35,16 @@ for op in ("preprocess",):
 print("CUDA build OK: torch", torch.__version__, "CUDA", torch.version.cuda, "ops have CUDA kernels")
 PY
 )
+# machine code for each listed arch and PTX for the highest (newer GPUs JIT it instead of failing)
+CUOBJDUMP=$(command -v cuobjdump || ls "$CUDA_HOME"/bin/cuobjdump "$SITE"/triton/backends/nvidia/bin/cuobjdump 2>/dev/null | head -1 || true)
+if [ -n "$CUOBJDUMP" ]; then
+  SO=$(ls "$SITE"/ecgkt/_C*.so)
+  ELF=$("$CUOBJDUMP" --list-elf "$SO")
+  PTX=$("$CUOBJDUMP" --list-ptx "$SO")
+  grep -q sm_80 <<<"$ELF" && grep -q sm_90 <<<"$ELF" && grep -q sm_90 <<<"$PTX" \
+    || { echo "CUDA build: expected SASS sm_80/sm_90 and PTX sm_90, got:"; echo "$ELF"; echo "$PTX"; exit 1; }
+  echo "CUDA build OK: SASS for sm_80 and sm_90, PTX for sm_90"
+else
+  echo "cuobjdump not found: the embedded architectures were not checked"
+fi
 rm -rf "$SRC"

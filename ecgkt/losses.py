@@ -2,7 +2,8 @@
 
   clip_loss(ecg, clin, logit_scale)                symmetric InfoNCE
   siglip_loss(ecg, clin, logit_scale, logit_bias)  pairwise sigmoid loss
-  ClipLoss / SigLipLoss                            nn.Modules owning a learnable log-scale (and bias)
+  ClipLoss / SigLipLoss                            nn.Modules holding the distributed mode; the logit
+                                                   scale and bias belong to the model (ContrastiveModel)
 
 Both losses L2-normalise the rows of ``ecg`` and ``clin`` ([B, D]) and never materialise the
 B x B similarity matrix: the compiled kernels (ecgkt.ops.contrastive) walk it tile by tile and
@@ -24,8 +25,6 @@ gradients across ranks (what DistributedDataParallel does) yields exactly the gr
 global-batch loss. All ranks must call forward and backward together.
 """
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.distributed as dist
@@ -90,42 +89,30 @@ def siglip_loss(
 # Modules
 # ----------------------------------------------------------------------------------------------
 class ClipLoss(nn.Module):
-    """CLIP loss with a learnable log-scale (s = exp(log_scale), capped at ``max_logit_scale``).
+    """CLIP loss as a module. It holds the distributed mode only: the logit scale is the model's
+    (``ContrastiveModel.logit_scale``, the open_clip split), passed to ``forward``.
 
     ``distributed``: None (this process's batch), "gather" or "ring" (see the module docstring).
     """
 
-    def __init__(self, init_logit_scale: float = 1 / 0.07, max_logit_scale: float | None = 100.0,
-                 distributed: str | None = None, group=None):
+    def __init__(self, distributed: str | None = None, group=None):
         super().__init__()
-        _check_mode("ClipLoss", distributed)
-        self.log_scale = nn.Parameter(torch.tensor(math.log(init_logit_scale)))
-        self.max_logit_scale = max_logit_scale
+        _check_mode(type(self).__name__, distributed)
         self.distributed = distributed
         self.group = group
 
-    def logit_scale(self) -> torch.Tensor:
-        s = self.log_scale.exp()
-        return s if self.max_logit_scale is None else s.clamp(max=self.max_logit_scale)
-
-    def forward(self, ecg: torch.Tensor, clin: torch.Tensor) -> torch.Tensor:
-        return clip_loss(ecg, clin, self.logit_scale(), distributed=self.distributed, group=self.group)
+    def forward(self, ecg: torch.Tensor, clin: torch.Tensor, logit_scale) -> torch.Tensor:
+        return clip_loss(ecg, clin, logit_scale, distributed=self.distributed, group=self.group)
 
     def extra_repr(self) -> str:
-        return f"distributed={self.distributed!r}, max_logit_scale={self.max_logit_scale}"
+        return f"distributed={self.distributed!r}"
 
 
 class SigLipLoss(ClipLoss):
-    """SigLIP loss with a learnable log-scale (init log 10) and bias (init −10)."""
+    """SigLIP loss as a module; the logit scale and bias are the model's, passed to ``forward``."""
 
-    def __init__(self, init_logit_scale: float = 10.0, init_logit_bias: float = -10.0,
-                 max_logit_scale: float | None = 100.0, distributed: str | None = None, group=None):
-        super().__init__(init_logit_scale, max_logit_scale, distributed, group)
-        self.bias = nn.Parameter(torch.tensor(float(init_logit_bias)))
-
-    def forward(self, ecg: torch.Tensor, clin: torch.Tensor) -> torch.Tensor:
-        return siglip_loss(ecg, clin, self.logit_scale(), self.bias,
-                           distributed=self.distributed, group=self.group)
+    def forward(self, ecg: torch.Tensor, clin: torch.Tensor, logit_scale, logit_bias) -> torch.Tensor:
+        return siglip_loss(ecg, clin, logit_scale, logit_bias, distributed=self.distributed, group=self.group)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -190,8 +177,14 @@ def _scalar(fn, name, value, like):
 
 
 def _check_finite(fn, named):
-    """One fused check (a single host sync); on failure, name the offending input."""
-    if bool(torch.stack([torch.isfinite(x.detach()).all() for _, x in named]).all()):
+    """NaN/inf inputs make the loss undefined. On CPU: one fused check, naming the offending input. On
+    a GPU the check is queued on the stream (torch._assert_async), so the hot path never waits on the
+    host: a non-finite input fails the step at the next synchronisation instead."""
+    ok = torch.stack([torch.isfinite(x.detach()).all() for _, x in named]).all()
+    if ok.device.type != "cpu":
+        torch._assert_async(ok, f"{fn}: an input (ecg, clin, logit scale or bias) contains NaN/inf")
+        return
+    if bool(ok):
         return
     for name, x in named:
         bad = int((~torch.isfinite(x.detach())).sum())
@@ -273,24 +266,58 @@ def _wait(requests):
         r.wait()
 
 
+def _ring_walk(ring, travelling, visit):
+    """The one ring driver: ``travelling`` (a list of tensors) makes a full turn of the ring, one hop
+    per step; ``visit(travelling)`` runs on each block while the next one is in flight."""
+    for step in range(ring.size):
+        last = step == ring.size - 1
+        if not last:
+            next_travelling, requests = ring.start(travelling)
+        visit(travelling)
+        if not last:
+            _wait(requests)
+            travelling = next_travelling
+
+
+def _ring_backward(ring, op, a, travelling, args_for, n_scalars):
+    """Gradients of a ring forward: ``op`` (a *_backward primitive) on each visiting block; the local
+    rows' gradient and the scalar gradients accumulate here, the block's gradient travels with it and
+    comes home complete after the last step. Returns (grad_a, grad_b, [scalar grads]) in the
+    accumulation dtype."""
+    acc = _acc_dtype(a)
+    grad_a = torch.zeros(a.shape, dtype=acc, device=a.device)
+    scalars = [torch.zeros((), dtype=acc, device=a.device) for _ in range(n_scalars)]
+    grad_b = None
+
+    def visit(block):
+        nonlocal grad_a, grad_b
+        ga, gb, *gs = ops.run_op(op, *args_for(block))
+        grad_a += ga
+        for total, g in zip(scalars, gs):
+            total += g.reshape(())
+        gb = gb.to(acc) if grad_b is None else grad_b + gb
+        (grad_b,) = ring.shift([gb])
+
+    _ring_walk(ring, travelling, visit)
+    return grad_a, grad_b, scalars
+
+
 class _RingClip(torch.autograd.Function):
     """Global row/column log-sum-exps of the local rows/columns; the clin block travels."""
 
     @staticmethod
     def forward(ctx, a, b, scale, group):
         ring = _Ring(group)
-        block, row_lse, col_lse = b, None, None  # col_lse: accumulator of the travelling block
-        for step in range(ring.size):
-            last = step == ring.size - 1
-            if not last:
-                next_block, requests = ring.start([block])
-            r, c = ops.run_op("clip_block_lse", a, block, scale)
+        row_lse, col_lse = None, None  # col_lse: accumulator of the travelling block
+
+        def visit(block):
+            nonlocal row_lse, col_lse
+            r, c = ops.run_op("clip_block_lse", a, block[0], scale)
             row_lse = r if row_lse is None else torch.logaddexp(row_lse, r)
             c = c if col_lse is None else torch.logaddexp(col_lse, c)
             (col_lse,) = ring.shift([c])  # after the last step it comes home complete
-            if not last:
-                _wait(requests)
-                block = next_block[0]
+
+        _ring_walk(ring, [b], visit)
         ctx.ring = ring
         ctx.save_for_backward(a, b, scale, row_lse, col_lse)
         return row_lse, col_lse
@@ -298,28 +325,12 @@ class _RingClip(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_row, grad_col):
         a, b, scale, row_lse, col_lse = ctx.saved_tensors
-        ring = ctx.ring
         grad_row = torch.zeros_like(row_lse) if grad_row is None else grad_row.contiguous()
         grad_col = torch.zeros_like(col_lse) if grad_col is None else grad_col.contiguous()
-        acc = _acc_dtype(a)
-        travelling = [b, col_lse, grad_col]
-        grad_a = torch.zeros(a.shape, dtype=acc, device=a.device)
-        grad_scale = torch.zeros((), dtype=acc, device=a.device)
-        grad_b = None
-        for step in range(ring.size):
-            last = step == ring.size - 1
-            if not last:
-                next_travelling, requests = ring.start(travelling)
-            ga, gb, gs = ops.run_op("clip_block_lse_backward", a, travelling[0], scale, row_lse,
-                                    travelling[1], grad_row, travelling[2])
-            grad_a += ga
-            grad_scale += gs
-            gb = gb.to(acc) if grad_b is None else grad_b + gb
-            (grad_b,) = ring.shift([gb])
-            if not last:
-                _wait(requests)
-                travelling = next_travelling
-        return grad_a.to(a.dtype), grad_b.to(b.dtype), grad_scale.to(scale.dtype), None
+        grad_a, grad_b, (grad_scale,) = _ring_backward(
+            ctx.ring, "clip_block_lse_backward", a, [b, col_lse, grad_col],
+            lambda blk: (a, blk[0], scale, row_lse, blk[1], grad_row, blk[2]), 1)
+        return grad_a.to(a.dtype), grad_b.to(b.dtype), grad_scale.to(scale.dtype).reshape(scale.shape), None
 
 
 class _RingSiglip(torch.autograd.Function):
@@ -328,16 +339,14 @@ class _RingSiglip(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, b, scale, bias, group):
         ring = _Ring(group)
-        block, row_sum = b, None
-        for step in range(ring.size):
-            last = step == ring.size - 1
-            if not last:
-                next_block, requests = ring.start([block])
-            r = ops.run_op("siglip_block", a, block, scale, bias)
+        row_sum = None
+
+        def visit(block):
+            nonlocal row_sum
+            r = ops.run_op("siglip_block", a, block[0], scale, bias)
             row_sum = r if row_sum is None else row_sum + r
-            if not last:
-                _wait(requests)
-                block = next_block[0]
+
+        _ring_walk(ring, [b], visit)
         ctx.ring = ring
         ctx.save_for_backward(a, b, scale, bias)
         return row_sum
@@ -345,26 +354,8 @@ class _RingSiglip(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_row):
         a, b, scale, bias = ctx.saved_tensors
-        ring = ctx.ring
-        acc = _acc_dtype(a)
         grad_row = grad_row.contiguous()
-        block = b
-        grad_a = torch.zeros(a.shape, dtype=acc, device=a.device)
-        grad_scale = torch.zeros((), dtype=acc, device=a.device)
-        grad_bias = torch.zeros((), dtype=acc, device=a.device)
-        grad_b = None
-        for step in range(ring.size):
-            last = step == ring.size - 1
-            if not last:
-                next_block, requests = ring.start([block])
-            ga, gb, gs, gt = ops.run_op("siglip_block_backward", a, block, scale, bias, grad_row)
-            grad_a += ga
-            grad_scale += gs
-            grad_bias += gt
-            gb = gb.to(acc) if grad_b is None else grad_b + gb
-            (grad_b,) = ring.shift([gb])
-            if not last:
-                _wait(requests)
-                block = next_block[0]
-        return (grad_a.to(a.dtype), grad_b.to(b.dtype), grad_scale.to(scale.dtype),
-                grad_bias.to(bias.dtype), None)
+        grad_a, grad_b, (grad_scale, grad_bias) = _ring_backward(
+            ctx.ring, "siglip_block_backward", a, [b], lambda blk: (a, blk[0], scale, bias, grad_row), 2)
+        return (grad_a.to(a.dtype), grad_b.to(b.dtype), grad_scale.to(scale.dtype).reshape(scale.shape),
+                grad_bias.to(bias.dtype).reshape(bias.shape), None)

@@ -2,18 +2,31 @@
 ``torch.ops.ecgkt.{clip_block_lse, siglip_block}[_backward]``; see ecgkt/ops/contrastive.py).
 
 One program owns BLOCK_M rows of ``x`` and walks the rows of ``y`` BLOCK_N at a time, forming the
-logits tile ``scale * x_blk @ y_blk.T`` in registers (never in memory):
+logits tile ``scale * x_blk @ y_blk.T`` on chip (never in memory). The embedding dimension is
+tiled: each logits tile is a loop over BLOCK_K-wide slices of D (a pipelined GEMM main loop), so
+on-chip memory does not grow with D:
 
   _rows_reduce_kernel   per-row log-sum-exp (online max/sum) or per-row sum of softplus(L + bias)
-  _rows_grad_kernel     recomputes each tile, forms dL/dlogits and accumulates dL @ y_blk, plus
-                        the per-row partials of the scale and bias gradients
+  _rows_grad_kernel     recomputes each tile, forms dL/dlogits and accumulates dL @ y_blk for one
+                        BLOCK_DO-wide slice of D (grid axis 1), plus the per-row partials of the
+                        scale and bias gradients
 
 Column statistics and the gradient of ``y`` are the same kernels with the roles of x and y
 swapped (the formulas are symmetric), so no atomics are needed and results are deterministic.
-Accumulation is float32; float16/bfloat16 tiles go through the tensor cores, float32 tiles use
-IEEE float32 products (TF32 would cost ~1e-3 relative error in the logits). Under
-TRITON_INTERPRET=1 the kernels run on CPU tensors (bfloat16 tiles are upcast there, since the
-interpreter's bfloat16 dot is wrong).
+For D > BLOCK_DO the gradient kernel recomputes the logits once per output slice (correct for any
+D; the cost grows with D / BLOCK_DO).
+
+Precision: accumulation is float32; float16/bfloat16 tiles go through the tensor cores, float32
+tiles through 3xTF32 (``input_precision="tf32x3"``: tensor cores at about float32 accuracy; plain
+TF32 would cost ~1e-3 relative error in the logits). float16 gradients: dL/dlogits is about
+1/(2B^2) and underflows float16 for B >= ~4k, so before the cast each row of dL is multiplied by a
+power of two that brings its upper bound (|g_row| + max|g_col|, since softmax and sigmoid are <= 1)
+to 2^14, and the product is divided by it afterwards (exact: powers of two).
+
+Resources: every (dtype, D bucket) configuration of ``config()`` is compiled for sm_80 and sm_90 by
+tests/test_contrastive_compile.py, which asserts shared memory <= 164 KB (A100) and no register
+spills. Under TRITON_INTERPRET=1 the kernels run on CPU tensors (bfloat16 tiles are upcast there,
+since the interpreter's bfloat16 dot is wrong).
 """
 from __future__ import annotations
 
@@ -23,37 +36,54 @@ import torch
 import triton
 import triton.language as tl
 
+from . import on_device
+
 INTERPRET = os.environ.get("TRITON_INTERPRET", "") == "1"
-MAX_DIM = 1024  # the whole embedding of a tile is held in registers / shared memory
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+SHARED_MEMORY_LIMIT = 164 * 1024  # bytes per block on an A100 (sm_80); H100/H200 allow 227 KB
 
 REDUCE_LSE, REDUCE_SOFTPLUS = 0, 1
 GRAD_CLIP, GRAD_SIGMOID_ROWS, GRAD_SIGMOID_COLS = 0, 1, 2
+FP16_GRAD_SCALING = True  # float16 backward: scale dL/dlogits rows before the cast (tests turn it off)
 
 
 @triton.jit
-def _load_rows(ptr, rows, n_rows, dim, stride, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr):
-    d = tl.arange(0, BLOCK_D)
-    mask = (rows[:, None] < n_rows) & (d[None, :] < dim)
-    tile = tl.load(ptr + rows[:, None] * stride + d[None, :], mask=mask, other=0.0)
+def _load_tile(ptr, rows, n_rows, cols, dim, stride, UPCAST: tl.constexpr):
+    mask = (rows[:, None] < n_rows) & (cols[None, :] < dim)
+    tile = tl.load(ptr + rows[:, None].to(tl.int64) * stride + cols[None, :], mask=mask, other=0.0)
     if UPCAST:
         tile = tile.to(tl.float32)
     return tile
 
 
 @triton.jit
+def _logits_tile(x_ptr, y_ptr, rows, cols, n_x, n_y, dim, stride_x, stride_y, scale,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                 UPCAST: tl.constexpr, PRECISION: tl.constexpr, NUM_STAGES: tl.constexpr):
+    """scale * x[rows] @ y[cols].T, the reduction over D in BLOCK_K slices."""
+    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for k0 in tl.range(0, dim, BLOCK_K, num_stages=NUM_STAGES):
+        k = k0 + tl.arange(0, BLOCK_K)
+        x = _load_tile(x_ptr, rows, n_x, k, dim, stride_x, UPCAST)
+        y = _load_tile(y_ptr, cols, n_y, k, dim, stride_y, UPCAST)
+        acc = tl.dot(x, tl.trans(y), acc, input_precision=PRECISION)
+    return acc * scale
+
+
+@triton.jit
 def _rows_reduce_kernel(x_ptr, y_ptr, scale_ptr, bias_ptr, out_ptr, n_x, n_y, dim, stride_x, stride_y,
                         MODE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                        BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+                        BLOCK_K: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+                        NUM_STAGES: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    x = _load_rows(x_ptr, rows, n_x, dim, stride_x, BLOCK_D, UPCAST)
     scale = tl.load(scale_ptr).to(tl.float32)
     bias = tl.load(bias_ptr).to(tl.float32)
     run_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
     run_sum = tl.zeros([BLOCK_M], tl.float32)
     for j0 in range(0, n_y, BLOCK_N):
         cols = j0 + tl.arange(0, BLOCK_N)
-        y = _load_rows(y_ptr, cols, n_y, dim, stride_y, BLOCK_D, UPCAST)
-        logits = tl.dot(x, tl.trans(y), input_precision=PRECISION) * scale
+        logits = _logits_tile(x_ptr, y_ptr, rows, cols, n_x, n_y, dim, stride_x, stride_y, scale,
+                              BLOCK_M, BLOCK_N, BLOCK_K, UPCAST, PRECISION, NUM_STAGES)
         valid = cols[None, :] < n_y
         if MODE == 0:  # REDUCE_LSE: online log-sum-exp
             logits = tl.where(valid, logits, float("-inf"))
@@ -70,26 +100,37 @@ def _rows_reduce_kernel(x_ptr, y_ptr, scale_ptr, bias_ptr, out_ptr, n_x, n_y, di
 
 
 @triton.jit
-def _rows_grad_kernel(x_ptr, y_ptr, scale_ptr, bias_ptr, lse_x_ptr, lse_y_ptr, g_x_ptr, g_y_ptr,
+def _rows_grad_kernel(x_ptr, y_ptr, scale_ptr, bias_ptr, lse_x_ptr, lse_y_ptr, g_x_ptr, g_y_ptr, g_y_max_ptr,
                       grad_ptr, scale_part_ptr, bias_part_ptr, n_x, n_y, dim, stride_x, stride_y,
                       MODE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                      BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+                      BLOCK_K: tl.constexpr, BLOCK_DO: tl.constexpr, UPCAST: tl.constexpr,
+                      PRECISION: tl.constexpr, NUM_STAGES: tl.constexpr, SCALE_GRAD: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    slice_id = tl.program_id(1)
+    d_out = slice_id * BLOCK_DO + tl.arange(0, BLOCK_DO)
     row_ok = rows < n_x
-    x = _load_rows(x_ptr, rows, n_x, dim, stride_x, BLOCK_D, UPCAST)
     scale = tl.load(scale_ptr).to(tl.float32)
     bias = tl.load(bias_ptr).to(tl.float32)
+    g_x = tl.zeros([BLOCK_M], tl.float32)
     if MODE != 2:  # GRAD_SIGMOID_COLS has no per-row gradient
         g_x = tl.load(g_x_ptr + rows, mask=row_ok, other=0.0)
     if MODE == 0:  # GRAD_CLIP
         lse_x = tl.load(lse_x_ptr + rows, mask=row_ok, other=0.0)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)  # dL @ y
+    # float16: per-row power-of-two scaling of dL so that it does not underflow at the cast
+    row_scale = tl.full([BLOCK_M], 1.0, tl.float32)
+    if SCALE_GRAD:
+        bound = tl.abs(g_x)
+        if MODE != 1:
+            bound += tl.load(g_y_max_ptr)
+        bound = tl.maximum(bound, 1e-30)
+        row_scale = tl.exp2(tl.minimum(tl.floor(tl.log2(16384.0 / bound)), 100.0))
+    acc = tl.zeros([BLOCK_M, BLOCK_DO], tl.float32)  # (row_scale * dL) @ y[:, d_out]
     bias_part = tl.zeros([BLOCK_M], tl.float32)  # row sums of dL
     for j0 in range(0, n_y, BLOCK_N):
         cols = j0 + tl.arange(0, BLOCK_N)
         col_ok = cols < n_y
-        y = _load_rows(y_ptr, cols, n_y, dim, stride_y, BLOCK_D, UPCAST)
-        logits = tl.dot(x, tl.trans(y), input_precision=PRECISION) * scale
+        logits = _logits_tile(x_ptr, y_ptr, rows, cols, n_x, n_y, dim, stride_x, stride_y, scale,
+                              BLOCK_M, BLOCK_N, BLOCK_K, UPCAST, PRECISION, NUM_STAGES)
         if MODE == 0:  # GRAD_CLIP: g_x softmax_row + g_y softmax_col
             lse_y = tl.load(lse_y_ptr + cols, mask=col_ok, other=0.0)
             g_y = tl.load(g_y_ptr + cols, mask=col_ok, other=0.0)
@@ -101,62 +142,98 @@ def _rows_grad_kernel(x_ptr, y_ptr, scale_ptr, bias_ptr, lse_x_ptr, lse_y_ptr, g
             dlogits = g_y[None, :] * tl.sigmoid(logits + bias)
         dlogits = tl.where(col_ok[None, :] & row_ok[:, None], dlogits, 0.0)
         bias_part += tl.sum(dlogits, 1)
-        acc += tl.dot(dlogits.to(y.dtype), y, input_precision=PRECISION)
-    d = tl.arange(0, BLOCK_D)
-    tl.store(grad_ptr + rows[:, None] * dim + d[None, :], acc * scale, mask=row_ok[:, None] & (d[None, :] < dim))
-    # d(loss)/d(scale) = sum_ij dL_ij (x_i . y_j) = sum_i x_i . (dL @ y)_i
-    tl.store(scale_part_ptr + rows, tl.sum(x.to(tl.float32) * acc, 1), mask=row_ok)
-    tl.store(bias_part_ptr + rows, bias_part, mask=row_ok)
+        y_out = _load_tile(y_ptr, cols, n_y, d_out, dim, stride_y, UPCAST)
+        if SCALE_GRAD:
+            dlogits = dlogits * row_scale[:, None]
+        acc = tl.dot(dlogits.to(y_out.dtype), y_out, acc, input_precision=PRECISION)
+    acc = acc / row_scale[:, None]
+    out_ok = row_ok[:, None] & (d_out[None, :] < dim)
+    tl.store(grad_ptr + rows[:, None].to(tl.int64) * dim + d_out[None, :], acc * scale, mask=out_ok)
+    # d(loss)/d(scale) = sum_ij dL_ij (x_i . y_j) = sum_i x_i . (dL @ y)_i, this slice's share
+    x_out = _load_tile(x_ptr, rows, n_x, d_out, dim, stride_x, True)
+    tl.store(scale_part_ptr + slice_id * n_x + rows, tl.sum(x_out * acc, 1), mask=row_ok)
+    tl.store(bias_part_ptr + rows, bias_part, mask=row_ok & (rows * 0 + slice_id == 0))
 
 
-def _config(x: torch.Tensor):
-    block_d = max(16, triton.next_power_of_2(x.shape[1]))
-    if INTERPRET:
-        block_m, block_n = 32, 32
+# ----------------------------------------------------------------------------------------------
+# Launch configuration
+# ----------------------------------------------------------------------------------------------
+def dim_bucket(dim: int) -> int:
+    """The D bucket a dimension compiles to: 16, 32, 64, 128 or 256 (256 covers every D > 128)."""
+    return min(max(16, triton.next_power_of_2(dim)), 256)
+
+
+DIM_BUCKETS = (16, 32, 64, 128, 256)
+
+
+def config(dtype: torch.dtype, dim: int, interpret: bool = INTERPRET) -> dict:
+    """Block sizes, pipeline stages and precision for one (dtype, D bucket); see the module docstring."""
+    bucket = dim_bucket(dim)
+    wide = dtype == torch.float32
+    block_k = min(bucket, 32 if wide else 64)
+    # 3xTF32 holds three operand splits in registers: 64 x 64 float32 tiles spill, 32 x 32 do not
+    block = 32 if wide else 64
+    cfg = dict(BLOCK_M=block, BLOCK_N=block, BLOCK_K=block_k, BLOCK_DO=min(bucket, 64 if wide else 128),
+               NUM_STAGES=2 if wide else 3, num_warps=4 if wide else 8,
+               PRECISION="tf32x3" if wide else "tf32")  # "tf32" is ignored for 16-bit tiles
+    if interpret:  # smaller tiles are faster in numpy; the interpreter's bfloat16 dot is wrong
+        cfg.update(BLOCK_M=32, BLOCK_N=32, UPCAST=dtype == torch.bfloat16, PRECISION="ieee")
     else:
-        block_m, block_n = (64, 64) if block_d <= 256 else (32, 32)
-    upcast = INTERPRET and x.dtype == torch.bfloat16
-    precision = "ieee" if x.dtype == torch.float32 else "tf32"  # "tf32" is ignored for 16-bit tiles
-    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, UPCAST=upcast, PRECISION=precision)
+        cfg.update(UPCAST=False)
+    return cfg
 
 
 def supports(a: torch.Tensor) -> bool:
-    """Whether these kernels handle ``a``'s dtype and embedding size."""
-    return a.dtype in (torch.float32, torch.float16, torch.bfloat16) and a.shape[1] <= MAX_DIM
+    """Whether these kernels handle ``a``: float32/float16/bfloat16 on a CUDA device (any CPU tensor
+    under TRITON_INTERPRET=1), any D."""
+    return a.dtype in DTYPES and (a.is_cuda or INTERPRET)
 
 
 def _check(a, b):
     if not supports(a):
-        raise ValueError(f"ecgkt Triton contrastive kernels: dtype {a.dtype} / dim {a.shape[1]} unsupported "
-                         f"(float32/float16/bfloat16, dim <= {MAX_DIM})")
-    if a.dtype != b.dtype or a.shape[1] != b.shape[1]:
-        raise ValueError(f"ecgkt Triton contrastive kernels: a {a.dtype}{tuple(a.shape)} and b "
-                         f"{b.dtype}{tuple(b.shape)} do not match")
+        raise ValueError(f"ecgkt Triton contrastive kernels: dtype {a.dtype} on {a.device} unsupported "
+                         "(float32/float16/bfloat16 on CUDA)")
+    if a.dtype != b.dtype or a.shape[1] != b.shape[1] or a.device != b.device:
+        raise ValueError(f"ecgkt Triton contrastive kernels: a {a.dtype}{tuple(a.shape)} on {a.device} and b "
+                         f"{b.dtype}{tuple(b.shape)} on {b.device} do not match")
+
+
+def _launch_args(cfg):
+    meta = {k: v for k, v in cfg.items() if k != "num_warps"}
+    return meta, cfg["num_warps"]
 
 
 def _reduce_rows(x, y, scale, bias, mode):
     x, y = x.contiguous(), y.contiguous()
-    cfg = _config(x)
+    cfg = config(x.dtype, x.shape[1])
+    meta, warps = _launch_args(cfg)
+    meta.pop("BLOCK_DO")
     out = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
     grid = (triton.cdiv(x.shape[0], cfg["BLOCK_M"]),)
-    _rows_reduce_kernel[grid](x, y, scale, bias, out, x.shape[0], y.shape[0], x.shape[1], x.stride(0),
-                              y.stride(0), MODE=mode, **cfg)
+    with on_device(x):
+        _rows_reduce_kernel[grid](x, y, scale, bias, out, x.shape[0], y.shape[0], x.shape[1], x.stride(0),
+                                  y.stride(0), MODE=mode, num_warps=warps, **meta)
     return out
 
 
 def _grad_rows(x, y, scale, bias, lse_x, lse_y, g_x, g_y, mode):
     x, y = x.contiguous(), y.contiguous()
-    cfg = _config(x)
-    n = x.shape[0]
+    cfg = config(x.dtype, x.shape[1])
+    meta, warps = _launch_args(cfg)
+    n, dim = x.shape
+    slices = triton.cdiv(dim, cfg["BLOCK_DO"])
     grad = torch.empty(x.shape, dtype=torch.float32, device=x.device)
-    scale_part = torch.empty(n, dtype=torch.float32, device=x.device)
+    scale_part = torch.empty((slices, n), dtype=torch.float32, device=x.device)
     bias_part = torch.empty(n, dtype=torch.float32, device=x.device)
     f32 = [None if t is None else t.float().contiguous() for t in (lse_x, lse_y, g_x, g_y)]
-    f32 = [scale_part if t is None else t for t in f32]  # placeholder pointers, never read
-    grid = (triton.cdiv(n, cfg["BLOCK_M"]),)
-    _rows_grad_kernel[grid](x, y, scale, bias, *f32, grad, scale_part, bias_part, n, y.shape[0], x.shape[1],
-                            x.stride(0), y.stride(0), MODE=mode, **cfg)
-    return grad, scale_part, bias_part
+    g_y_max = f32[3].abs().max().reshape(1) if f32[3] is not None and f32[3].numel() else bias_part
+    f32 = [bias_part if t is None else t for t in f32]  # placeholder pointers, never read
+    grid = (triton.cdiv(n, cfg["BLOCK_M"]), slices)
+    with on_device(x):
+        _rows_grad_kernel[grid](x, y, scale, bias, *f32, g_y_max, grad, scale_part, bias_part, n, y.shape[0], dim,
+                                x.stride(0), y.stride(0), MODE=mode, SCALE_GRAD=FP16_GRAD_SCALING and x.dtype == torch.float16,
+                                num_warps=warps, **meta)
+    return grad, scale_part.sum(0), bias_part
 
 
 def clip_block_lse(a, b, scale):

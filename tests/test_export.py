@@ -81,3 +81,55 @@ def test_cli_export(tmp_path, model):
     assert torch.jit.load(str(tmp_path / "m.pt")) is not None
     r = run_cli("export", model_dir, "--out", tmp_path / "m.zip")
     assert r.returncode == 2 and "Traceback" not in r.stderr and "m.zip" in r.stderr
+
+
+@needs_kernel
+@pytest.mark.parametrize("suffix", [".pt", ".pt2"])
+def test_export_at_the_cli_defaults_parity(tmp_path, model, suffix):
+    """`ecgkt export MODEL --out model.pt2` with no --fs / --seconds: the model's rate, 10 s (at 100 Hz
+    there is no resampling filter: its zero-size buffer once broke torch.export.save)."""
+    model_dir = model.save_pretrained(tmp_path / "model")
+    out = tmp_path / f"model{suffix}"
+    r = run_cli("export", model_dir, "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model", out.name, out.name + ".json"])
+    fs = model.preprocessor.settings["target_fs"]
+    exported = load_exported(out)
+    signal, gain, baseline = example_inputs(model, fs, 10, batch=2, seed=11)
+    with torch.no_grad():
+        info = model.preprocessor(signal, fs, gain=gain, baseline=baseline, return_info=True)
+        ref = _eager_network(model, info.signal.float())
+        got = exported(signal, gain, baseline)
+    for g, r_ in zip(got, ref):
+        torch.testing.assert_close(g, r_, rtol=1e-4, atol=1e-5)
+
+
+@needs_kernel
+@pytest.mark.parametrize("fs", [100.0, 360.0, 500.0, 1000.0])
+def test_preprocessor_module_scripts_and_exports_with_parity(model, fs):
+    """ECGPreprocessor.at_rate(fs): TorchScript and torch.export give the eager ecgkt.preprocess output."""
+    pre = model.preprocessor.at_rate(fs).eval()
+    signal, gain, baseline = example_inputs(model, fs, 3.1, batch=2, seed=int(fs))
+    gain = gain * torch.linspace(0.5, 2.0, 12)
+    want = model.preprocessor(signal, fs, gain=gain, baseline=baseline, return_info=True)
+    eager = pre(signal, gain, baseline)
+    scripted = torch.jit.script(pre)(signal, gain, baseline)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    program = torch.export.export(pre, (signal, gain, baseline), dynamic_shapes=({0: batch},) * 3)
+    exported = program.module()(signal, gain, baseline)
+    flags = want.repaired.int() | (want.flat.int() * 2)
+    for out, fl in (eager, scripted, exported):
+        torch.testing.assert_close(out, want.signal, rtol=0, atol=0)
+        assert torch.equal(fl, flags)
+
+
+def test_failed_export_leaves_no_file(tmp_path, model, monkeypatch):
+    import ecgkt.predict.export as export
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("simulated failure")
+
+    monkeypatch.setattr(export.torch.jit, "save", boom)
+    with pytest.raises(RuntimeError, match="simulated"):
+        export_model(model, tmp_path / "m.pt", network_only=True)
+    assert list(tmp_path.iterdir()) == []

@@ -18,8 +18,8 @@
 //  * Invalid-sample repair (rare) uses block max/min scans of the nearest valid index; flat/all-invalid
 //    rows exit early with zeros. Polyphase resampling reads the filtered row from shared memory, and the
 //    z-score uses two block reductions (mean, then centred sum of squares) before the single store.
-//  * Robust normalisation computes its two medians with ATen sort on the unnormalised kernel output
-//    (allowed by the spec); everything else is fused.
+//  * Robust normalisation computes its two medians with ATen kthvalue on row chunks of the unnormalised
+//    kernel output (allowed by the spec); everything else is fused.
 // Compute type: float32 for every input dtype except float64 (float64 throughout).
 #ifdef ECGKT_CUDA_EMULATION  // plain C++ on the CPU, for tests without a GPU (see cuda_emulation.h)
 #include "cuda_emulation.h"
@@ -45,7 +45,10 @@ constexpr int kChunk = 15;           // samples per thread per tile; odd -> conf
 template <typename acc_t>
 constexpr int max_threads() { return sizeof(acc_t) == 8 ? 512 : 1024; }
 constexpr int kPowers = 32 + 5;      // R_k = A^{kL} for k = 1..32, then Q_d = A^{32L 2^d} for d = 0..4
-constexpr int kCoefs = 8;            // b0 b1 b2 a1 a2 zi0 zi1 (normalised by a0), one spare
+constexpr int kCoefs = 8;            // b0 b1 b2 a1 a2 zi0 zi1 (normalised by a0), needs-float64 flag
+constexpr int kNeedsDouble = 7;      // index of that flag
+// |A(1)| = 1 + a1 + a2 below this: poles near z = 1, state in float64 (same rule as the CPU kernel)
+constexpr double kNearUnitCircle = 1e-2;
 constexpr int kTable = kPowers * 4 + kCoefs;
 constexpr float kFlatPtp = 1e-6f;    // mV: peak-to-peak at most this is a flat lead
 constexpr double kZeroScale = 1e-8;  // a std at most this is zero
@@ -176,18 +179,18 @@ __device__ Mat2 companion_power(double a1, double a2, long long e) {
   return result;
 }
 
-template <typename acc_t>
-__device__ __forceinline__ void mat_vec_add(const acc_t* m, acc_t x0, acc_t x1, acc_t& y0, acc_t& y1) {
-  y0 += m[0] * x0 + m[1] * x1;
-  y1 += m[2] * x0 + m[3] * x1;
+template <typename c_t>
+__device__ __forceinline__ void mat_vec_add(const double* m, c_t x0, c_t x1, c_t& y0, c_t& y1) {
+  y0 += static_cast<c_t>(m[0]) * x0 + static_cast<c_t>(m[1]) * x1;
+  y1 += static_cast<c_t>(m[2]) * x0 + static_cast<c_t>(m[3]) * x1;
 }
 
 // Inclusive scan h_i = sum_{j<=i} A^{(i-j)L} g_j over the block in scan order. Returns the inclusive
 // state in (h0, h1) and the previous rank's inclusive state (this chunk's true start) in (e0, e1).
-// `scratch` holds 128 values.
+// `scratch` holds 128 values. c_t: the section's compute type (see filter_section).
 template <typename acc_t>
-__device__ void scan_section_states(const acc_t* table, bool backward, acc_t& h0, acc_t& h1, acc_t& e0, acc_t& e1,
-                                    acc_t* scratch) {
+__device__ void scan_section_states(const double* table, bool backward, acc_t& h0, acc_t& h1, acc_t& e0, acc_t& e1,
+                                    double* scratch) {
   const int rank = scan_rank(backward), lane = rank & 31, warp = rank >> 5, nwarps = blockDim.x >> 5;
 #pragma unroll
   for (int d = 0; d < 5; ++d) {
@@ -203,7 +206,8 @@ __device__ void scan_section_states(const acc_t* table, bool backward, acc_t& h0
   __syncthreads();
   if (threadIdx.x < 32) {  // one warp scans the warp totals (lane = warp rank)
     const int w = threadIdx.x;
-    acc_t t0 = w < nwarps ? scratch[2 * w] : acc_t(0), t1 = w < nwarps ? scratch[2 * w + 1] : acc_t(0);
+    acc_t t0 = w < nwarps ? static_cast<acc_t>(scratch[2 * w]) : acc_t(0);
+    acc_t t1 = w < nwarps ? static_cast<acc_t>(scratch[2 * w + 1]) : acc_t(0);
 #pragma unroll
     for (int d = 0; d < 5; ++d) {
       const int o = 1 << d;
@@ -218,8 +222,8 @@ __device__ void scan_section_states(const acc_t* table, bool backward, acc_t& h0
   __syncthreads();
   acc_t w0 = 0, w1 = 0;  // true state at the end of the previous warp's last chunk
   if (warp > 0) {
-    w0 = scratch[64 + 2 * (warp - 1)];
-    w1 = scratch[64 + 2 * (warp - 1) + 1];
+    w0 = static_cast<acc_t>(scratch[64 + 2 * (warp - 1)]);
+    w1 = static_cast<acc_t>(scratch[64 + 2 * (warp - 1) + 1]);
   }
   mat_vec_add(table + lane * 4, w0, w1, h0, h1);  // R_{lane+1}: lane+1 chunks from there to here
   acc_t p0 = shfl_prev(h0, 1, backward), p1 = shfl_prev(h1, 1, backward);
@@ -237,53 +241,68 @@ __device__ __forceinline__ acc_t biquad_step(acc_t x, acc_t& z0, acc_t& z1, acc_
   return y;
 }
 
+// One section over one tile in compute type c_t (samples r[] stay acc_t): pass 1 from a zero state, the
+// scan of chunk end states, pass 2 from the true start states, writing in place.
+template <typename c_t, typename acc_t>
+__device__ __forceinline__ void filter_section(acc_t (&r)[kChunk], int base, int limit, bool backward, bool is_origin,
+                                               bool last_rank, const double* table, double* carry,
+                                               double* scratch) {
+  const double* c = table + kPowers * 4;
+  const c_t b0 = static_cast<c_t>(c[0]), b1 = static_cast<c_t>(c[1]), b2 = static_cast<c_t>(c[2]);
+  const c_t a1 = static_cast<c_t>(c[3]), a2 = static_cast<c_t>(c[4]);
+  c_t init0 = 0, init1 = 0;
+  if (is_origin) {
+    init0 = static_cast<c_t>(carry[0]);
+    init1 = static_cast<c_t>(carry[1]);
+  }
+  // pass 1: zero-state run (the origin starts from the true initial state)
+  c_t z0 = init0, z1 = init1;
+  if (!backward) {
+#pragma unroll
+    for (int k = 0; k < kChunk; ++k)
+      if (base + k < limit) biquad_step(static_cast<c_t>(r[k]), z0, z1, b0, b1, b2, a1, a2);
+  } else {
+#pragma unroll
+    for (int k = kChunk - 1; k >= 0; --k)
+      if (base + k < limit) biquad_step(static_cast<c_t>(r[k]), z0, z1, b0, b1, b2, a1, a2);
+  }
+  c_t e0, e1;
+  scan_section_states(table, backward, z0, z1, e0, e1, scratch);
+  if (last_rank) {  // the origin read its carry before the scan's barriers
+    carry[0] = z0;
+    carry[1] = z1;
+  }
+  // pass 2: rerun from the true start state, writing the section's output in place
+  z0 = is_origin ? init0 : e0;
+  z1 = is_origin ? init1 : e1;
+  if (!backward) {
+#pragma unroll
+    for (int k = 0; k < kChunk; ++k)
+      if (base + k < limit) r[k] = static_cast<acc_t>(biquad_step(static_cast<c_t>(r[k]), z0, z1, b0, b1, b2, a1, a2));
+  } else {
+#pragma unroll
+    for (int k = kChunk - 1; k >= 0; --k)
+      if (base + k < limit) r[k] = static_cast<acc_t>(biquad_step(static_cast<c_t>(r[k]), z0, z1, b0, b1, b2, a1, a2));
+  }
+}
+
 // Filters one tile (held in registers, r[k] = buf[base + k]) through the whole cascade in one direction.
 // `carry` holds each section's state entering this tile (zi * first input for the first tile) and is
-// updated to the state leaving it. `limit` is T_ext: samples at or beyond it are skipped.
+// updated to the state leaving it. `limit` is T_ext: samples at or beyond it are skipped. Sections flagged
+// near z = 1 (the high-pass) run their state in float64 even for float32 data, as the CPU kernel does:
+// in float32 their state round-off is amplified by ~1/(1 - |p|)^1.5 (3-7e-3 of the peak at 1000 Hz).
 template <typename acc_t>
 __device__ __forceinline__ void filter_tile(acc_t (&r)[kChunk], int base, int limit, bool backward, int origin, int S,
-                            const acc_t* tables, acc_t* carry, acc_t* scratch) {
+                                            const double* tables, double* carry, double* scratch) {
   const bool is_origin = static_cast<int>(threadIdx.x) == origin;
   const bool last_rank = scan_rank(backward) == static_cast<int>(blockDim.x) - 1;
   __syncthreads();  // the previous tile's carry writes (with one section there is no barrier in between)
   for (int s = 0; s < S; ++s) {
-    const acc_t* table = tables + s * kTable;
-    const acc_t* c = table + kPowers * 4;
-    const acc_t b0 = c[0], b1 = c[1], b2 = c[2], a1 = c[3], a2 = c[4];
-    acc_t init0 = 0, init1 = 0;
-    if (is_origin) {
-      init0 = carry[2 * s];
-      init1 = carry[2 * s + 1];
-    }
-    // pass 1: zero-state run (the origin starts from the true initial state)
-    acc_t z0 = init0, z1 = init1;
-    if (!backward) {
-#pragma unroll
-      for (int k = 0; k < kChunk; ++k)
-        if (base + k < limit) biquad_step(r[k], z0, z1, b0, b1, b2, a1, a2);
-    } else {
-#pragma unroll
-      for (int k = kChunk - 1; k >= 0; --k)
-        if (base + k < limit) biquad_step(r[k], z0, z1, b0, b1, b2, a1, a2);
-    }
-    acc_t e0, e1;
-    scan_section_states(table, backward, z0, z1, e0, e1, scratch);
-    if (last_rank) {  // the origin read its carry before the scan's barriers
-      carry[2 * s] = z0;
-      carry[2 * s + 1] = z1;
-    }
-    // pass 2: rerun from the true start state, writing the section's output in place
-    z0 = is_origin ? init0 : e0;
-    z1 = is_origin ? init1 : e1;
-    if (!backward) {
-#pragma unroll
-      for (int k = 0; k < kChunk; ++k)
-        if (base + k < limit) r[k] = biquad_step(r[k], z0, z1, b0, b1, b2, a1, a2);
-    } else {
-#pragma unroll
-      for (int k = kChunk - 1; k >= 0; --k)
-        if (base + k < limit) r[k] = biquad_step(r[k], z0, z1, b0, b1, b2, a1, a2);
-    }
+    const double* table = tables + s * kTable;
+    if (sizeof(acc_t) == 8 || table[kPowers * 4 + kNeedsDouble] != 0.0)
+      filter_section<double>(r, base, limit, backward, is_origin, last_rank, table, carry + 2 * s, scratch);
+    else
+      filter_section<acc_t>(r, base, limit, backward, is_origin, last_rank, table, carry + 2 * s, scratch);
   }
 }
 
@@ -301,9 +320,9 @@ __device__ __forceinline__ void store_chunk(const acc_t (&r)[kChunk], acc_t* buf
 
 // Sets each section's carry to zi * x0 (the steady state for a step of height x0).
 template <typename acc_t>
-__device__ void init_carry(const acc_t* tables, int S, acc_t x0, acc_t* carry) {
+__device__ void init_carry(const double* tables, int S, acc_t x0, double* carry) {
   for (int s = threadIdx.x; s < S; s += blockDim.x) {
-    const acc_t* c = tables + s * kTable + kPowers * 4;
+    const double* c = tables + s * kTable + kPowers * 4;
     carry[2 * s] = c[5] * x0;
     carry[2 * s + 1] = c[6] * x0;
   }
@@ -316,10 +335,10 @@ template <typename in_t, typename acc_t>
 __global__ void __launch_bounds__(max_threads<acc_t>()) preprocess_kernel(Params<acc_t> p) {
   ECGKT_DYNAMIC_SHARED(smem_raw);
   const int S = p.S;
-  acc_t* tables = reinterpret_cast<acc_t*>(smem_raw);  // S * kTable
-  acc_t* carry = tables + S * kTable;                   // 2S
-  acc_t* scan_scratch = carry + 2 * S;                  // 128
-  acc_t* red = scan_scratch + 128;                      // 32
+  double* tables = reinterpret_cast<double*>(smem_raw);  // S * kTable (float64: see filter_tile)
+  double* carry = tables + S * kTable;                    // 2S
+  double* scan_scratch = carry + 2 * S;                   // 128
+  acc_t* red = reinterpret_cast<acc_t*>(scan_scratch + 128);  // 32
   acc_t* bcast = red + 32;                              // 8
   int* ired = reinterpret_cast<int*>(bcast + 8);        // 32
   const int64_t row = blockIdx.x;
@@ -336,26 +355,27 @@ __global__ void __launch_bounds__(max_threads<acc_t>()) preprocess_kernel(Params
   }
   acc_t* out = p.out + row * T_out;
 
-  // transfer matrices and coefficients of each section, in float64 then rounded
+  // transfer matrices and coefficients of each section, in float64
   for (int i = tid; i < S * kPowers; i += nthreads) {
     const int s = i / kPowers, j = i % kPowers;
     const double* sec = p.sos + 6 * s;
     const long long e = j < 32 ? static_cast<long long>(j + 1) * kChunk : (32LL * kChunk) << (j - 32);
     Mat2 m = companion_power(sec[4] / sec[3], sec[5] / sec[3], e);
-    acc_t* dst = tables + s * kTable + j * 4;
-    dst[0] = static_cast<acc_t>(m.a);
-    dst[1] = static_cast<acc_t>(m.b);
-    dst[2] = static_cast<acc_t>(m.c);
-    dst[3] = static_cast<acc_t>(m.d);
+    double* dst = tables + s * kTable + j * 4;
+    dst[0] = m.a;
+    dst[1] = m.b;
+    dst[2] = m.c;
+    dst[3] = m.d;
   }
   for (int s = tid; s < S; s += nthreads) {
     const double* sec = p.sos + 6 * s;
-    acc_t* c = tables + s * kTable + kPowers * 4;
-    for (int q = 0; q < 3; ++q) c[q] = static_cast<acc_t>(sec[q] / sec[3]);
-    c[3] = static_cast<acc_t>(sec[4] / sec[3]);
-    c[4] = static_cast<acc_t>(sec[5] / sec[3]);
-    c[5] = static_cast<acc_t>(p.zi[2 * s]);
-    c[6] = static_cast<acc_t>(p.zi[2 * s + 1]);
+    double* c = tables + s * kTable + kPowers * 4;
+    for (int q = 0; q < 3; ++q) c[q] = sec[q] / sec[3];
+    c[3] = sec[4] / sec[3];
+    c[4] = sec[5] / sec[3];
+    c[5] = p.zi[2 * s];
+    c[6] = p.zi[2 * s + 1];
+    c[kNeedsDouble] = 1.0 + c[3] + c[4] < kNearUnitCircle ? 1.0 : 0.0;
   }
 
   // 1. convert into buf[P + t]; invalid samples become NaN; count them and the range of valid values
@@ -523,7 +543,7 @@ template <typename acc_t>
 LaunchConfig launch_config(int S, int T_ext, int T_out, bool resample, long long smem_limit, int thread_cap) {
   const int needed = (T_ext + kChunk - 1) / kChunk;
   const int threads = std::min(thread_cap, std::max(32, (needed + 31) / 32 * 32));
-  const size_t fixed = sizeof(acc_t) * (S * kTable + 2 * S + 128 + 32 + 8) + sizeof(int) * 32;
+  const size_t fixed = sizeof(double) * (S * kTable + 2 * S + 128) + sizeof(acc_t) * (32 + 8) + sizeof(int) * 32;
   const size_t rows = sizeof(acc_t) * (static_cast<size_t>(T_ext) + (resample ? T_out : 0));
   if (static_cast<long long>(fixed + rows) <= smem_limit) return {threads, fixed + rows, false};
   return {threads, fixed, true};
@@ -587,22 +607,32 @@ void launch(const at::Tensor& x, const at::Tensor& gain, const at::Tensor& basel
 
 // (y - median) / (1.4826 MAD) per row, falling back to the z-score where the MAD is zero, and to zeros
 // (flag bit 1) where the std is zero too. Medians of an even count are the mean of the two middle values.
+// Bounded memory (the same function as robust_normalize in kernels/preprocess.py): chunks of rows of about
+// kRobustChunkElements samples, medians as order statistics (kthvalue), not a sort of the whole output.
+constexpr int64_t kRobustChunkElements = int64_t(1) << 24;
+
 void robust_normalize(at::Tensor& out, at::Tensor& flags) {
-  const int64_t n = out.size(1);
+  const int64_t N = out.size(0), n = out.size(1);
+  const int64_t step = std::max<int64_t>(1, kRobustChunkElements / std::max<int64_t>(n, 1));
   auto median = [n](const at::Tensor& v) {
-    at::Tensor sorted = std::get<0>(v.sort(1));
-    return (sorted.select(1, (n - 1) / 2) + sorted.select(1, n / 2)).mul_(0.5).unsqueeze(1);
+    at::Tensor lo = std::get<0>(v.kthvalue((n + 1) / 2, 1, true));
+    if (n % 2) return lo;
+    return lo.add_(std::get<0>(v.kthvalue(n / 2 + 1, 1, true))).mul_(0.5);
   };
-  at::Tensor med = median(out);
-  at::Tensor mad = median((out - med).abs_()).mul_(1.4826);
-  at::Tensor mean = out.mean(1, true);
-  at::Tensor std = (out - mean).square_().mean(1, true).sqrt_();
-  at::Tensor robust_ok = mad > 1.4826 * kZeroScale, std_ok = std > kZeroScale;
-  at::Tensor z = at::where(std_ok, (out - mean) / at::where(std_ok, std, at::ones_like(std)), at::zeros_like(out));
-  at::Tensor r = (out - med) / at::where(robust_ok, mad, at::ones_like(mad));
-  out.copy_(at::where(robust_ok, r, z));
-  at::Tensor dead = at::logical_and(robust_ok.logical_not(), std_ok.logical_not()).squeeze(1);
-  flags.bitwise_or_(dead.to(at::kInt).mul_(2));
+  for (int64_t r0 = 0; r0 < N; r0 += step) {
+    at::Tensor o = out.narrow(0, r0, std::min(step, N - r0));
+    at::Tensor f = flags.narrow(0, r0, o.size(0));
+    at::Tensor med = median(o);
+    at::Tensor mad = median((o - med).abs_()).mul_(1.4826);
+    at::Tensor mean = o.mean(1, true);
+    at::Tensor std = (o - mean).square_().mean(1, true).sqrt_();
+    at::Tensor robust_ok = mad > 1.4826 * kZeroScale, std_ok = std > kZeroScale;
+    at::Tensor center = at::where(robust_ok, med, mean);
+    at::Tensor spread = at::where(robust_ok, mad, at::where(std_ok, std, at::ones_like(std)));
+    at::Tensor live = at::logical_or(robust_ok, std_ok);
+    o.sub_(center).div_(spread).mul_(live.to(o.scalar_type()));
+    f.bitwise_or_(live.logical_not().squeeze(1).to(at::kInt).mul_(2));
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor> preprocess_cuda(const at::Tensor& signal, const at::Tensor& gain,

@@ -43,6 +43,13 @@ class ECGPreprocessor(nn.Module):
                           target_fs=s["target_fs"], normalize=s["normalize"], gain=gain, baseline=baseline,
                           return_info=return_info)
 
+    def at_rate(self, fs: float) -> nn.Module:
+        """These settings at one input rate as a scriptable / exportable module (ecgkt.ops.preprocess.Preprocess):
+        ``(signal [B, leads, T], gain, baseline) -> (out [B, leads, T_out], flags [B, leads])``."""
+        from ..ops.preprocess import Preprocess
+
+        return Preprocess(fs, **self.settings)
+
 
 class ContrastiveModel(nn.Module):
     """Stage 1: ECG encoder + tabular encoder, each with a projection into the joint space."""

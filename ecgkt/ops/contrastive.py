@@ -22,6 +22,8 @@ inputs); gradients come back in the inputs' dtypes.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from .. import _extension
@@ -82,6 +84,13 @@ _REFERENCE = {
 }
 
 
+def reference(op: str, *args):
+    """Runs the reference of ``op`` outside autocast (it computes in the accumulation dtype on
+    purpose: under autocast its matmuls would silently drop to float16/bfloat16)."""
+    with torch.autocast(args[0].device.type, enabled=False):
+        return _REFERENCE[op](*args)
+
+
 # ----------------------------------------------------------------------------------------------
 # Registered ops: fake kernels, autograd, CUDA (Triton) kernels
 # ----------------------------------------------------------------------------------------------
@@ -113,6 +122,31 @@ def _siglip_backward(ctx, grad_row):
     return run_op("siglip_block_backward", *ctx.saved_tensors, grad_row)
 
 
+def _triton_kernels():
+    """The Triton module, imported on first CUDA use (importing triton is slow); None without it."""
+    try:
+        from ..kernels import contrastive as triton_kernels
+    except ImportError:
+        return None
+    return triton_kernels
+
+
+def cuda_kernel(op: str):
+    """The CUDA kernel of ``op``: Triton where it supports the inputs, else the materialised reference
+    with a warning (O(B^2) memory: no triton, or float64)."""
+
+    def run(a, *args):
+        triton_kernels = _triton_kernels()
+        if triton_kernels is not None and triton_kernels.supports(a):
+            return getattr(triton_kernels, op)(a, *args)
+        why = "triton is not installed" if triton_kernels is None else f"{a.dtype} input"
+        warnings.warn(f"ecgkt::{op} on CUDA runs the materialised O(B^2) reference ({why}): "
+                      f"{a.shape[0]} x {args[0].shape[0]} logits in memory", RuntimeWarning, stacklevel=2)
+        return reference(op, a, *args)
+
+    return run
+
+
 if HAS_OPS:
 
     @torch.library.register_fake("ecgkt::clip_block_lse")
@@ -134,29 +168,10 @@ if HAS_OPS:
     torch.library.register_autograd("ecgkt::clip_block_lse", _clip_backward, setup_context=_clip_setup)
     torch.library.register_autograd("ecgkt::siglip_block", _siglip_backward, setup_context=_siglip_setup)
 
-    def _triton_kernels():
-        """The Triton module, imported on first CUDA use (importing triton is slow); None without it."""
-        try:
-            from ..kernels import contrastive as triton_kernels
-        except ImportError:
-            return None
-        return triton_kernels
-
     def _register_cuda() -> None:
-        """CUDA kernels: Triton where it supports the inputs, else the (materialised) reference."""
-
-        def kernel(op):
-            def run(a, *args):
-                triton_kernels = _triton_kernels()
-                if triton_kernels is not None and triton_kernels.supports(a):
-                    return getattr(triton_kernels, op)(a, *args)
-                return _REFERENCE[op](a, *args)  # no triton, float64, or an embedding too wide for one tile
-
-            return run
-
         for op in _OPS:
             if not _extension.has_kernel(op, "CUDA"):  # a compiled CUDA kernel would win
-                torch.library.register_kernel(f"ecgkt::{op}", "cuda", kernel(op))
+                torch.library.register_kernel(f"ecgkt::{op}", "cuda", cuda_kernel(op))
 
     _register_cuda()
 
@@ -164,7 +179,7 @@ if HAS_OPS:
 class _ReferenceClipBlock(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, b, scale):
-        out = clip_block_lse_reference(a, b, scale)
+        out = reference("clip_block_lse", a, b, scale)
         ctx.save_for_backward(a, b, scale, *out)
         return out
 
@@ -177,7 +192,7 @@ class _ReferenceSiglipBlock(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, b, scale, bias):
         ctx.save_for_backward(a, b, scale, bias)
-        return siglip_block_reference(a, b, scale, bias)
+        return reference("siglip_block", a, b, scale, bias)
 
     @staticmethod
     def backward(ctx, grad_row):
@@ -189,7 +204,7 @@ def run_op(op: str, *args):
     if HAS_OPS:
         return getattr(torch.ops.ecgkt, op)(*args)
     _extension.warn_fallback(op)
-    return _REFERENCE[op](*args)
+    return reference(op, *args)
 
 
 # ----------------------------------------------------------------------------------------------

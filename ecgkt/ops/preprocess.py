@@ -31,11 +31,12 @@ import math
 import os
 import warnings
 from fractions import Fraction
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
 from scipy import signal as sps
+from torch import nn
 
 from .. import _extension
 from ..errors import ECGKTError
@@ -480,3 +481,54 @@ def preprocess(signal, fs, *, highpass=0.5, lowpass=100.0, notch=60.0, target_fs
         return out
     flags = flags.reshape(shape)
     return PreprocessResult(out, (flags & 1).bool(), (flags & 2).bool())
+
+
+class Preprocess(nn.Module):
+    """``torch.ops.ecgkt.preprocess`` at one input rate ``fs``, as an nn.Module: the settings and the
+    filter and resampling coefficients are fixed at construction (buffers), so it scripts
+    (``torch.jit.script``) and exports (``torch.export``) into a graph with the model after it.
+
+    ``forward(signal, gain=None, baseline=None)``: signal [..., T] int16 ADC units or float mV at ``fs``;
+    gain (adu/mV, default 1) and baseline (adu, default 0) of the leads' shape [...]. Returns
+    ``(out [..., T_out] float32 (float64 for float64 input), flags [...] int32)``, flags as in the op
+    (bit 0 repaired, bit 1 flat or all-invalid). ``ecgkt.preprocess`` is the validating, any-rate face.
+    """
+
+    def __init__(self, fs: float, highpass=0.5, lowpass=100.0, notch=60.0, target_fs=None, normalize="zscore"):
+        super().__init__()
+        if normalize not in NORMALIZE_CODES:
+            raise ECGKTError(f"normalize={normalize!r}; expected 'zscore', 'robust' or None")
+        d = filter_design(fs, highpass, lowpass, notch, target_fs)
+        sos, zi, fir = d.sos.reshape(-1, 6), d.zi.reshape(-1, 2), np.asarray(d.fir, dtype=np.float64)
+        self.n_sections, self.n_taps = int(sos.shape[0]), int(fir.shape[0])
+        # zero-size buffers break torch.export.save (its weight packing fails with "numel: integer
+        # multiplication overflow"): keep at least one row and slice to the real size in forward
+        self.register_buffer("sos", _padded(sos, (max(1, self.n_sections), 6)))
+        self.register_buffer("zi", _padded(zi, (max(1, self.n_sections), 2)))
+        self.register_buffer("fir", _padded(fir, (max(1, self.n_taps),)))
+        self.padlen, self.up, self.down = int(d.padlen), int(d.up), int(d.down)
+        self.normalize = int(NORMALIZE_CODES[normalize])
+        self.fs = float(fs)
+
+    def forward(self, signal: torch.Tensor, gain: Optional[torch.Tensor] = None,
+                baseline: Optional[torch.Tensor] = None):
+        lead_shape = signal.shape[:-1]
+        x = signal.reshape(-1, signal.shape[-1])
+        ones = torch.ones(x.shape[0], dtype=torch.float32, device=x.device)
+        g = ones if gain is None else gain.reshape(-1).float()
+        b = ones * 0 if baseline is None else baseline.reshape(-1).float()
+        out, flags = torch.ops.ecgkt.preprocess(x, g, b, self.sos[: self.n_sections], self.zi[: self.n_sections],
+                                                self.padlen, self.fir[: self.n_taps], self.up, self.down,
+                                                self.normalize)
+        return out.reshape(list(lead_shape) + [out.shape[-1]]), flags.reshape(lead_shape)
+
+    def extra_repr(self) -> str:
+        return f"fs={self.fs}, sections={self.n_sections}, up={self.up}, down={self.down}, normalize={self.normalize}"
+
+
+def _padded(values: np.ndarray, shape) -> torch.Tensor:
+    out = torch.zeros(shape, dtype=torch.float64)
+    if values.size:
+        out[tuple(slice(0, n) for n in values.shape)] = torch.from_numpy(np.ascontiguousarray(values, np.float64))
+    return out
+

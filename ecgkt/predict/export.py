@@ -4,8 +4,9 @@ Two shapes of exported model:
 - **with preprocessing** (TorchScript ``.pt`` and ``torch.export`` ``.pt2``): the input is the raw ECG as a
   recorder gives it, ``signal`` [B, 12, T] int16 ADC units in the model's lead order, with ``gain``
   [B, 12] (adu/mV) and ``baseline`` [B, 12] (adu), at the sampling rate chosen at export (``fs``);
-  the graph runs ``torch.ops.ecgkt.preprocess`` with the model's saved settings (the filter and
-  resampling coefficients are baked in as buffers) and then the network. Loading it needs the
+  the graph runs the model's own preprocessing module at that rate (``ECGPreprocessor.at_rate``:
+  ``torch.ops.ecgkt.preprocess`` with the filter and resampling coefficients as buffers) and then the
+  network. Loading it needs the
   ecgkt op library registered: ``import ecgkt`` in Python, or ``torch::dynamic_library`` /
   ``dlopen`` of ``libecgkt_ops.so`` (the CMake build) in C++.
 - **network only** (ONNX ``.onnx``, or ``--network-only``): the input is the preprocessed ECG
@@ -27,7 +28,6 @@ from torch import nn
 from .. import _extension
 from ..errors import ECGKTError
 from ..io import atomic_write_json
-from ..ops.preprocess import NORMALIZE_CODES, filter_design
 
 FORMATS = ("torchscript", "export", "onnx")
 SUFFIX_FORMAT = {".pt": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript", ".pt2": "export",
@@ -53,21 +53,12 @@ class PreprocessedModel(nn.Module):
 
     def __init__(self, model, fs: float):
         super().__init__()
-        s = model.preprocessor.settings
-        d = filter_design(fs, s["highpass"], s["lowpass"], s["notch"], s["target_fs"])
-        self.register_buffer("sos", torch.from_numpy(d.sos.reshape(-1, 6).copy()))
-        self.register_buffer("zi", torch.from_numpy(d.zi.reshape(-1, 2).copy()))
-        self.register_buffer("fir", torch.from_numpy(d.fir.copy()))
-        self.padlen, self.up, self.down = int(d.padlen), int(d.up), int(d.down)
-        self.normalize = int(NORMALIZE_CODES[s["normalize"]])
+        self.preprocess = model.preprocessor.at_rate(fs)  # the model's own preprocessing, at the input rate
         self.network = NetworkProbabilities(model)
 
     def forward(self, signal: torch.Tensor, gain: torch.Tensor, baseline: torch.Tensor):
-        b, leads, t = signal.shape
-        out, _ = torch.ops.ecgkt.preprocess(signal.reshape(b * leads, t), gain.reshape(-1).float(),
-                                            baseline.reshape(-1).float(), self.sos, self.zi, self.padlen,
-                                            self.fir, self.up, self.down, self.normalize)
-        return self.network(out.reshape(b, leads, out.shape[-1]))
+        out, _ = self.preprocess(signal, gain, baseline)
+        return self.network(out)
 
 
 def format_for(path, fmt: str | None = None) -> str:
@@ -121,17 +112,20 @@ def export_model(model, out, fmt: str | None = None, fs: float | None = None, se
     inputs = example_inputs(model, fs, seconds, network_only=network_only)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")  # same suffix: torch.export.save wants .pt2
-    with torch.no_grad():
-        if fmt == "torchscript":
-            torch.jit.save(torch.jit.script(module), str(tmp))
-        elif fmt == "export":
-            batch = torch.export.Dim("batch", min=1, max=65536)
-            shapes = tuple({0: batch} for _ in inputs)
-            program = torch.export.export(module, inputs, dynamic_shapes=shapes)
-            torch.export.save(program, str(tmp))
-        else:
-            _export_onnx(module, inputs, tmp)
-    os.replace(tmp, out)
+    try:
+        with torch.no_grad():
+            if fmt == "torchscript":
+                torch.jit.save(torch.jit.script(module), str(tmp))
+            elif fmt == "export":
+                batch = torch.export.Dim("batch", min=1, max=65536)
+                shapes = tuple({0: batch} for _ in inputs)
+                program = torch.export.export(module, inputs, dynamic_shapes=shapes)
+                torch.export.save(program, str(tmp))
+            else:
+                _export_onnx(module, inputs, tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed export leaves no partial file behind
     meta = dict(
         format=fmt, with_preprocessing=not network_only, leads=list(model.leads),
         inputs=(["signal [B, leads, T] float32, preprocessed"] if network_only else
