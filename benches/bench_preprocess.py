@@ -104,7 +104,7 @@ def test_preprocess_response():
 
     from _bench import record
 
-    freqs = [0.05, 0.1, 0.5, 1.0, 5.0, 40.0, 57.0, 59.9, 60.0, 60.1, 63.0, 100.0, 150.0, 200.0]
+    freqs = [0.05, 0.1, 0.5, 1.0, 2.0, 10.0, 40.0, 57.0, 59.9, 60.0, 60.1, 63.0, 70.0, 100.0, 150.0, 200.0]
     for f, db in zip(freqs, measure_response(FS, freqs)):
         record("preprocess_response", "ecgkt", "dB", f, [float(db)], x_name="Hz",
                note="gain at 500 Hz: 0.5-100 Hz band, 60 Hz notch")

@@ -83,11 +83,20 @@ def store(workdir, synthetic_root) -> Path:
     return out
 
 
+def pytest_deselected(items):
+    items[0].config._ecgkt_partial = True if items else getattr(items[0].config, "_ecgkt_partial", False)
+
+
 def _results_path(config) -> Path:
     given = config.getoption("--results")
     if given:
         return Path(given)
-    return RESULTS / ("quick.json" if _bench.sizes(config).quick else "results.json")
+    if _bench.sizes(config).quick:
+        return RESULTS / "quick.json"
+    # only a run of the whole suite replaces the committed results; a subset (-k, one file) goes beside them
+    partial = getattr(config, "_ecgkt_partial", False) or any(
+        not Path(a).is_dir() for a in config.args)
+    return RESULTS / ("partial.json" if partial else "results.json")
 
 
 def pytest_sessionfinish(session, exitstatus):
