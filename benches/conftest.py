@@ -22,6 +22,9 @@ def pytest_addoption(parser):
     g = parser.getgroup("ecgkt benchmarks")
     g.addoption("--quick", action="store_true", default=False,
                 help="tiny sizes and few rounds (CI; under 2 minutes on 2 cores); also ECGKT_BENCH_QUICK=1")
+    g.addoption("--threads", type=int, default=int(os.environ.get("ECGKT_BENCH_THREADS", "1")),
+                help="torch CPU threads for every case (default 1, or ECGKT_BENCH_THREADS: on a shared machine, "
+                     "OpenMP threads spin against the other jobs and a 2-thread step can be 100x slower)")
     g.addoption("--results", metavar="PATH", default=None,
                 help="results file (default: benches/results/results.json, or quick.json with --quick)")
 
@@ -29,7 +32,7 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     config._ecgkt_started = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                                  uptime=_bench.uptime())
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    torch.set_num_threads(max(1, config.getoption("--threads")))
     warnings.filterwarnings("ignore", category=UserWarning)
 
 
@@ -84,7 +87,8 @@ def store(workdir, synthetic_root) -> Path:
 
 
 def pytest_deselected(items):
-    items[0].config._ecgkt_partial = True if items else getattr(items[0].config, "_ecgkt_partial", False)
+    if items:
+        items[0].config._ecgkt_partial = True
 
 
 def _results_path(config) -> Path:

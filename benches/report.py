@@ -115,6 +115,12 @@ def plot(rows: list[dict], kernel: str, metric: str, log: bool, folder: Path, pr
         xs = [r["x"] for r in pts]
         ax.plot(xs, [r["p50"] for r in pts], marker="o", label=p)
         ax.fill_between(xs, [r["p20"] for r in pts], [r["p80"] for r in pts], alpha=0.2)
+    if metric in SMALLER_IS_BETTER and log:  # slope guides through the first point of the first provider
+        first = sorted((r for r in sel if r["provider"] == providers[0]), key=lambda r: r["x"])
+        x0, y0, x1 = first[0]["x"], first[0]["p50"], max(r["x"] for r in sel)
+        for power, label in ((1, "∝ x"), (2, "∝ x²")):
+            ax.plot([x0, x1], [y0, y0 * (x1 / x0) ** power], ls=":", color="grey", lw=1)
+            ax.annotate(label, (x1, y0 * (x1 / x0) ** power), fontsize=8, color="grey")
     if log:
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
@@ -151,8 +157,8 @@ def render(results: dict, results_path: Path, out_path: Path) -> str:
         f"- load at the start: `{meta['uptime_start']}`",
         f"- load at the end: `{meta['uptime_end']}`",
         "",
-        "**This machine is shared** (six agents were building and testing on these two cores during the run): "
-        "absolute figures are noisy and lower than on an idle machine. The **ratios between contenders of the "
+        "**The machine is shared** (on the development box, other jobs build and test on the same two cores; "
+        "see the load above): absolute figures are noisy and lower than on an idle machine. The **ratios between contenders of the "
         "same run** are the figures to quote: every contender of a comparison is a parametrised case of the same "
         "test, run next to its peers on the same inputs, each after a warm-up call and with the CPU caches "
         "flushed before every round. Each row also records the 1-minute load average when its case ended "
