@@ -38,8 +38,13 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q -rs tests
 
+# Benchmarks (pytest-benchmark): `make bench` = full run, ~15 min on 2 cores, writes benches/results/results.json
+# (then `$(PY) benches/report.py` regenerates BENCHMARKS.md); `make bench QUICK=1` = the CI sizes, < 2 min.
+# The peers are installed without their dependencies, so that the installed torch is never replaced.
 bench: setup
-	for b in benches/bench_*.py; do $(PY) $$b || exit 1; done
+	$(PY) -m pip install -q "PyWavelets>=1.4" requests && $(PY) -m pip install -q --no-deps open-clip-torch neurokit2
+	$(PY) -m pytest benches $(if $(QUICK),--quick) --benchmark-autosave --benchmark-json benches/results/pytest-benchmark$(if $(QUICK),-quick).json
+	$(if $(QUICK),,$(PY) benches/report.py)
 
 clean:
 	rm -rf build dist *.egg-info ecgkt/_C*.so ecgkt/_build_info.json

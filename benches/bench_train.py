@@ -1,138 +1,176 @@
-"""Stage-1 training throughput (ECGs/s) and the data loader's throughput alone on the same store.
+"""Stage-1 training throughput (ECG/s): ecgkt against the same model trained as a user would without it.
 
-The loader must deliver batches >= 5x faster than the training step consumes them, so training never waits on
-data. Both are measured in the same run, on the same store, with the pipeline's default configuration:
-  - loader: ECGDataset + DataLoader (int16 signals, gains, tabular rows, labels), batches only;
-  - step: preprocess on the batch's device (ecgkt.preprocess, uncached: the worst case) + ECG and tabular
-    encoders + CLIP loss + backward + AdamW, the batch already in memory;
-  - the step again with the preprocessing cache warm (what epochs 2.. of the pipeline do).
-On a CUDA machine the step is also measured on the GPU (bf16 autocast).
+Same for every contender: the store's records (10 s, 500 Hz int16), the ContrastiveModel of the default
+configuration (tiny ECG encoder + tabular encoder, joint space 64), batch 128, 5 s random windows at 100 Hz,
+AdamW, torch threads of the default configuration. A round is a few optimiser steps (sizes.train_steps_per_round),
+each pulling its batch from the DataLoader (so data time counts).
 
-Usage:
-  python benches/bench_train.py                    # generates a 300-patient synthetic store in a temp dir
-  python benches/bench_train.py --store RUN/data/store --size tiny --steps 20 --json out.json
+  ecgkt                  ECGDataset + DataLoader (the config's workers) -> ecgkt.preprocess on the batch
+                         (the engine's Preprocessed, uncached: the first epoch) -> ecgkt.losses.clip_loss
+  ecgkt-cached           the same with the preprocessing cache warm (epochs 2.. of `ecgkt pipeline`)
+  scipy+open_clip        per-item scipy preprocessing (band-pass, notch, resample_poly, z-score) in 2 DataLoader
+                         workers, reading the same store rows, + open_clip's ClipLoss
+  neurokit2+open_clip    the same with neurokit2's ecg_clean instead of scipy's filters
+  wfdb+scipy+open_clip   the same as scipy+open_clip, reading the raw WFDB records with wfdb.rdrecord
 """
-from __future__ import annotations
+import itertools
 
-import argparse
-import json
-import tempfile
-import time
-import warnings
-from pathlib import Path
-
+import numpy as np
+import pytest
 import torch
+from torch.utils.data import DataLoader, Dataset
+
+from _bench import cuda_or_skip, measure, need, neurokit2_clean, open_clip_losses, scipy_clean
+
+PEER_WORKERS = 2
+PROVIDERS = ["ecgkt", "ecgkt-cached", "scipy+open_clip", "neurokit2+open_clip", "wfdb+scipy+open_clip"]
 
 
-def _store(args, tmp: Path) -> Path:
-    if args.store:
-        return Path(args.store)
-    from ecgkt.data import prepare
-    from ecgkt.data.synth import generate
+class PeerDataset(Dataset):
+    """What a user writes: read one record, preprocess it with scipy/neurokit2, crop a random window."""
 
-    generate(tmp / "raw", patients=args.patients, seed=0, progress=False)
-    prepare(tmp / "raw", tmp / "store", progress=False)
-    return tmp / "store"
+    def __init__(self, ds, cfg, clean: str, read: str):
+        self.ds, self.clean, self.read = ds, clean, read
+        pp = cfg["preprocessing"]
+        self.settings = dict(target_fs=pp["target_fs"], notch=pp["notch"])
+        self.lowpass, self.highpass = pp["lowpass"], pp["highpass"]
+        self.crop = int(round(pp["train_crop_seconds"] * pp["target_fs"]))
+        self.paths = [str(p) for p in ds.store.cohort["record"].to_numpy()[ds.rows]]
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        fs = float(self.ds.fs)
+        if self.read == "wfdb":
+            import wfdb
+
+            r = wfdb.rdrecord(self.paths[i])
+            names = [n.lower() for n in r.sig_name]
+            mv = r.p_signal.T[[names.index(n.lower()) for n in self.ds.leads]]
+        else:
+            raw = np.asarray(self.ds.store.signals[self.ds.signal_rows[i]], dtype=np.float32)
+            mv = (raw - self.ds.baselines[i][:, None]) / self.ds.gains[i][:, None]
+        if self.clean == "neurokit2":
+            x = neurokit2_clean(mv[None], fs, **self.settings)[0]
+        else:
+            x = scipy_clean(mv[None], fs, highpass=self.highpass, lowpass=self.lowpass, **self.settings)[0]
+        start = np.random.randint(0, x.shape[-1] - self.crop + 1)
+        return {"signal": torch.from_numpy(np.ascontiguousarray(x[:, start:start + self.crop])),
+                "tab": torch.from_numpy(self.ds.tab[i]), "tab_mask": torch.from_numpy(self.ds.tab_mask[i])}
 
 
-def loader_throughput(dataset, batch_size: int, workers: int, seconds: float) -> float:
-    from torch.utils.data import DataLoader
+def _model(cfg, ds, device):
+    from ecgkt.models import ContrastiveModel, ECGEncoder
 
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True,
-                        persistent_workers=workers > 0)
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        for batch in loader:
-            n += len(batch["study_id"])
-            if time.perf_counter() - t0 >= seconds:
-                break
-    return n / (time.perf_counter() - t0)
-
-
-def step_throughput(cfg, dataset, device, steps: int, cached: bool) -> float:
-    from torch.utils.data import DataLoader
-
-    from ecgkt.models import ContrastiveModel, ECGPreprocessor
-    from ecgkt.train import stages
-    from ecgkt.train.distributed import DistEnv
-    from ecgkt.train.engine import Preprocessed, autocast
-
-    p, m = cfg["pretrain"], cfg["model"]
-    env = DistEnv(device=device)
+    m, p = cfg["model"], cfg["pretrain"]
     torch.manual_seed(0)
-    model = ContrastiveModel(stages.new_encoder(cfg), len(dataset.tab_names), m["embed_dim"], m["tab_hidden"],
-                             m["tab_layers"], m["tab_dropout"], p["temperature"]).to(device)
-    model.tab_encoder.normalizer.fit(torch.as_tensor(dataset.tab), torch.as_tensor(dataset.tab_mask))
-    loss_fn, _ = stages.contrastive_loss(cfg, env)
-    prep = Preprocessed(ECGPreprocessor(**stages._prep_settings(cfg)), float(dataset.fs), cache=cached,
-                        crop_seconds=cfg["preprocessing"].get("train_crop_seconds"))
-    optim = torch.optim.AdamW(model.parameters(), lr=p["lr"])
-    batch = next(iter(DataLoader(dataset, batch_size=p["batch_size"], shuffle=True)))
+    model = ContrastiveModel(ECGEncoder(m["size"], 12, m["norm"], m["dropout"]), len(ds.tab_names), m["embed_dim"],
+                             m["tab_hidden"], m["tab_layers"], m["tab_dropout"], p["temperature"])
+    model.tab_encoder.normalizer.fit(torch.as_tensor(ds.tab), torch.as_tensor(ds.tab_mask))
+    return model.to(device)
+
+
+def _trainer(provider: str, store, device):
+    """-> (one_step(), description); one_step pulls a batch and makes one optimiser step."""
+    from ecgkt import losses
+    from ecgkt.data import ECGDataset, collate
+    from ecgkt.models import ECGPreprocessor
+    from ecgkt.train import config
+    from ecgkt.train.engine import Preprocessed
+
+    cfg = config.resolve()
+    p = cfg["pretrain"]
+    ds = ECGDataset(store)
+    if len(ds) < p["batch_size"]:
+        pytest.skip(f"the store has {len(ds)} records, fewer than one batch of {p['batch_size']}")
+    model = _model(cfg, ds, device)
+    optim = torch.optim.AdamW(model.parameters(), lr=p["lr"], weight_decay=p["weight_decay"])
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu",
+                                                                                                    enabled=False)
+
+    def scale():
+        return model.logit_scale.clamp(max=float(np.log(100.0))).exp()
+
+    if provider.startswith("ecgkt"):
+        settings = {k: v for k, v in cfg["preprocessing"].items() if k not in ("cache", "train_crop_seconds")}
+        prep = Preprocessed(ECGPreprocessor(**settings), float(ds.fs), cache=provider.startswith("ecgkt-cached"),
+                            crop_seconds=cfg["preprocessing"]["train_crop_seconds"])
+        workers = cfg["data"]["num_workers"]
+        loader = DataLoader(ds, batch_size=p["batch_size"], shuffle=True, drop_last=True, num_workers=workers,
+                            collate_fn=collate, persistent_workers=workers > 0)
+        if provider.startswith("ecgkt-cached"):  # fill the cache as epoch 1 does (not timed)
+            for batch in DataLoader(ds, batch_size=p["batch_size"], collate_fn=collate):
+                prep(batch, device)
+        batches = itertools.chain.from_iterable(itertools.repeat(loader))
+
+        def step():
+            batch = next(batches)
+            with amp:
+                e, t = model(prep.train_view(batch, device), batch["tab"].to(device), batch["tab_mask"].to(device))
+                loss = losses.clip_loss(e.float(), t.float(), scale())
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+        return step
+
+    clip_cls, _ = open_clip_losses()
+    peer_loss = clip_cls()
+    clean = "neurokit2" if provider.startswith("neurokit2") else "scipy"
+    if clean == "neurokit2":
+        need("neurokit2")
+    read = "wfdb" if provider.startswith("wfdb") else "store"
+    if read == "wfdb":
+        need("wfdb")
+    loader = DataLoader(PeerDataset(ds, cfg, clean, read), batch_size=p["batch_size"], shuffle=True, drop_last=True,
+                        num_workers=PEER_WORKERS, persistent_workers=True,
+                        worker_init_fn=lambda w: (torch.set_num_threads(1), np.random.seed(w)))
+    batches = itertools.chain.from_iterable(itertools.repeat(loader))
 
     def step():
-        with autocast(env, cfg["runtime"]["amp"]):
-            e, t = model(prep.train_view(batch, device), batch["tab"].to(device), batch["tab_mask"].to(device))
-            loss = loss_fn(e.float(), t.float(), model.logit_scale.exp(), model.logit_bias)
-        optim.zero_grad()
+        batch = next(batches)
+        with amp:
+            e, t = model(batch["signal"].to(device), batch["tab"].to(device), batch["tab_mask"].to(device))
+            loss = peer_loss(e.float(), t.float(), scale())  # open_clip takes normalised features: these are
+        optim.zero_grad(set_to_none=True)
         loss.backward()
         optim.step()
-
-    step()  # warm-up (and fills the cache when cached)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return steps * p["batch_size"] / (time.perf_counter() - t0)
+    return step
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--store", help="a prepared signal store (default: generate a small synthetic one)")
-    ap.add_argument("--patients", type=int, default=300)
-    ap.add_argument("--size", default=None, help="ECG encoder size (default: the config's)")
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--loader-seconds", type=float, default=5.0)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the config's)")
-    ap.add_argument("--json", help="append the result row to this JSON file")
-    args = ap.parse_args(argv)
-    warnings.simplefilter("ignore")
-
-    from ecgkt.data import ECGDataset
+def _run(benchmark, sizes, step, provider, device, x_name="batch"):
     from ecgkt.train import config
 
-    cfg = config.resolve(overrides=[f"model.size={args.size}"] if args.size else [])
-    torch.set_num_threads(args.threads or cfg["runtime"]["threads"] or torch.get_num_threads())
-    with tempfile.TemporaryDirectory() as tmp:
-        dataset = ECGDataset(_store(args, Path(tmp)))
-        row = dict(bench="train_stage1", size=cfg["model"]["size"], batch=cfg["pretrain"]["batch_size"],
-                   target_fs=cfg["preprocessing"]["target_fs"], crop_s=cfg["preprocessing"]["train_crop_seconds"],
-                   threads=torch.get_num_threads(), records=len(dataset))
-        row["loader_ecg_per_s"] = loader_throughput(dataset, cfg["pretrain"]["batch_size"], 0, args.loader_seconds)
-        cpu = torch.device("cpu")
-        row["cpu_step_ecg_per_s_uncached"] = step_throughput(cfg, dataset, cpu, args.steps, cached=False)
-        row["cpu_step_ecg_per_s_cached"] = step_throughput(cfg, dataset, cpu, args.steps, cached=True)
-        row["loader_over_step_uncached"] = row["loader_ecg_per_s"] / row["cpu_step_ecg_per_s_uncached"]
-        row["loader_over_step_cached"] = row["loader_ecg_per_s"] / row["cpu_step_ecg_per_s_cached"]
-        if torch.cuda.is_available():
-            gpu = torch.device("cuda")
-            row["gpu"] = torch.cuda.get_device_name()
-            row["gpu_step_ecg_per_s_uncached"] = step_throughput(cfg, dataset, gpu, args.steps, cached=False)
-            row["gpu_step_ecg_per_s_cached"] = step_throughput(cfg, dataset, gpu, args.steps, cached=True)
-            row["loader_over_gpu_step_cached"] = row["loader_ecg_per_s"] / row["gpu_step_ecg_per_s_cached"]
-    for k, v in row.items():
-        print(f"{k:32s} {v:.1f}" if isinstance(v, float) else f"{k:32s} {v}")
-    ok = row["loader_over_step_cached"] >= 5
-    print(f"loader / training step (cached) = {row['loader_over_step_cached']:.1f}x  (target >= 5x: "
-          f"{'met' if ok else 'NOT met'})")
-    if args.json:
-        path = Path(args.json)
-        rows = json.loads(path.read_text()) if path.is_file() else []
-        path.write_text(json.dumps(rows + [row], indent=2))
-    return row
+    cfg = config.resolve()
+    batch = cfg["pretrain"]["batch_size"]
+
+    per_round = sizes.train_steps_per_round
+
+    def fn():
+        for _ in range(per_round):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    measure(benchmark, fn, kernel="train_stage1", provider=provider, x=batch, x_name=x_name,
+            items=batch * per_round, unit="ECG/s", rounds=max(2, sizes.train_steps // per_round),
+            note=f"{per_round} steps per round")
 
 
-if __name__ == "__main__":
-    main()
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_train_stage1(benchmark, sizes, store, provider):
+    from ecgkt.train import config
+
+    threads = config.resolve()["runtime"]["threads"] or torch.get_num_threads()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # the configuration's CPU threads, for every contender
+    try:
+        _run(benchmark, sizes, _trainer(provider, store, torch.device("cpu")), provider, torch.device("cpu"))
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("provider", ["ecgkt-cuda", "scipy+open_clip-cuda"])
+def test_train_stage1_gpu(benchmark, sizes, store, provider):
+    device = cuda_or_skip()
+    _run(benchmark, sizes, _trainer(provider.replace("-cuda", ""), store, device), provider, device)
