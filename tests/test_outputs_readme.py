@@ -1,4 +1,4 @@
-"""The README's Python snippet (proposed in notes/README_outputs.md) runs exactly as written."""
+"""The README's Python snippet runs exactly as written."""
 import contextlib
 import io
 import os
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from predict_helpers import make_model
 
-NOTES = Path(__file__).resolve().parents[1] / "notes" / "README_outputs.md"
+NOTES = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def _snippet() -> str:

@@ -183,7 +183,8 @@ def cmd_finetune(args) -> int:
     ctx = _context(args)
     r = _run_jobs(ctx, ["final_labs"])
     if ctx.env.is_main:
-        print(f"stage 3 done; final model: {pipeline.save_final_model(ctx, r)}")
+        val = pipeline.collect_predictions(ctx, r).get("val_lab_ecgkt")
+        print(f"stage 3 done; final model: {pipeline.save_final_model(ctx, r, val)}")
     return 0
 
 

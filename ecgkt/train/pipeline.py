@@ -133,9 +133,18 @@ def final_model(ctx, r: dict):
     return model
 
 
-def save_final_model(ctx, r: dict) -> Path:
-    """The final ECG-only model, with the provenance of its pre-training (tabular normalisation)."""
+def save_final_model(ctx, r: dict, val_lab_probs=None) -> Path:
+    """The final ECG-only model, with the provenance of its pre-training (tabular normalisation) and, given
+    its lab probabilities on the validation folds, the evidence gate of its explanations (the validation
+    AUROC of every lab output: only outputs above the threshold may explain a diagnosis)."""
     model = final_model(ctx, r)
+    if val_lab_probs is not None:
+        from ..evaluate import metrics
+        from ..predict.explanations import gate_config
+
+        t = ctx.tables("val")
+        per = metrics.per_label(metrics.auroc, t["lab_y"].numpy(), val_lab_probs, t["lab_mask"].numpy().astype(bool))
+        model.config.update(gate_config(dict(zip(ctx.lab_label_names, per.tolist()))))
     pre = r["pretrain"]["state"]
     model.config["pretraining"] = dict(
         loss=ctx.cfg["pretrain"]["loss"], tab_names=ctx.tab_names,
@@ -193,9 +202,9 @@ def sweep_rows(ctx, r: dict) -> list[dict]:
 
 def evaluate_run(ctx, r: dict) -> dict:
     run_dir = ctx.run_dir
-    if "finetune" in r:
-        save_final_model(ctx, r)
     preds = collect_predictions(ctx, r)
+    if "finetune" in r:
+        save_final_model(ctx, r, preds.get("val_lab_ecgkt"))
     atomic_write(run_dir / "predictions.npz", lambda f: np.savez(f, **preds))
     histories = {k: v.get("history", []) for k, v in r.items() if isinstance(v, dict) and v.get("history")}
     checkpoint.save_json(histories, run_dir / "histories.json")
@@ -212,7 +221,13 @@ def write_results(run_dir, preds: dict, histories: dict, dx_names, lab_label_nam
     from ..evaluate import plots, report
 
     run_dir = Path(run_dir)
+    from ..provenance import provenance
+
     res = report.compute_run(preds, dx_names, lab_label_names, cfg, extra)
+    prov = provenance()
+    checkpoint.save_json(prov, run_dir / "provenance.json")  # this evaluation's date and command
+    # results.json stays a function of the run: the stable part of the provenance only
+    res["provenance"] = {k: v for k, v in prov.items() if k not in ("date", "command")}
     checkpoint.save_json(res, run_dir / "results.json")
     atomic_write_text(run_dir / "results.md", report.markdown(res))
     plot_dir = run_dir / "plots"
