@@ -1,4 +1,4 @@
-"""Vectorised beat model: ECG parameters -> 12-lead int16 records in MIMIC-IV-ECG layout.
+"""Vectorised beat model: beat-model parameters -> 12-lead int16 signals (written by ``mimic_ecg``).
 
 Each wave (P, Q, R, S, R', ST plateau, T, U, J) is a Gaussian in time (the T wave has a slower
 rise than fall) times a 3-D dipole in mV; lead ``l`` sees ``dot(LEAD_VECTORS[l], dipole)``.
@@ -9,9 +9,6 @@ All records of a chunk are rendered at once: for every sample we find the beat w
 precedes it, and evaluate P of the next beat, QRS of the nearer beat, ST/T/U/J of the current beat.
 """
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 import numpy as np
 
