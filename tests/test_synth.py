@@ -432,3 +432,25 @@ def test_cli_writes_and_refuses_to_overwrite(tmp_path, capsys):
         synth.generate(tmp_path / "x", patients=0)
     with pytest.raises(ECGKTError, match="scale"):
         synth.SynthConfig(rules={"potassium_t": -1})
+
+
+def test_cli_module_is_import_light():
+    """`ecgkt --help` imports the synth command line: it and the rule table must not pull in
+    numpy, pandas or the generator at module level (they load when the command runs)."""
+    import ast
+
+    import ecgkt.data.synth as pkg
+
+    root = Path(pkg.__file__).parent
+    for name in ("__init__.py", "cli.py", "rules.py"):
+        tree = ast.parse((root / name).read_text())
+        for node in tree.body:  # module level only; imports inside functions are lazy by design
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                mods = [("." * node.level) + (node.module or "")]
+            else:
+                continue
+            for mod in mods:
+                assert mod.split(".")[0] not in ("numpy", "pandas", "torch", "scipy"), (name, mod)
+                assert mod in ("__future__", "math", ".cli", ".rules", "...errors"), (name, mod)

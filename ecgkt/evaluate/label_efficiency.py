@@ -46,9 +46,10 @@ def duplicate_parents(names, y_all: np.ndarray) -> set:
     return out
 
 
-def label_groups(names, synthetic: bool) -> dict:
-    """label -> group. The groups come from the generator's documented rules on synthetic data; on other
-    data every label is `all` (symptom codes kept apart either way)."""
+def label_groups(names, synthetic: bool, rule_scales: dict | None = None) -> dict:
+    """label -> group. The groups come from the generator's documented rules (at the rule scales the data
+    was generated with) on synthetic data; on other data every label is `all` (symptom codes kept apart
+    either way)."""
     groups = {n: ("symptom" if is_symptom_code(n) else "all") for n in names}
     if not synthetic:
         return groups
@@ -56,7 +57,7 @@ def label_groups(names, synthetic: bool) -> dict:
         from ..data.synth import label_groups as generator_groups
     except ImportError:
         return groups
-    meta = generator_groups(list(names))
+    meta = generator_groups(list(names), rule_scales)
     for n in names:
         m = meta.get(n) or {}
         group = m.get("group", "all")
@@ -64,12 +65,13 @@ def label_groups(names, synthetic: bool) -> dict:
     return groups
 
 
-def lab_test_groups(tests, synthetic: bool) -> dict:
+def lab_test_groups(tests, synthetic: bool, rule_scales: dict | None = None) -> dict:
     if synthetic:
         try:
             from ..data.synth import lab_groups
 
-            return {t: (v["group"] if isinstance(v, dict) else v) for t, v in lab_groups(list(tests)).items()}
+            return {t: (v["group"] if isinstance(v, dict) else v)
+                    for t, v in lab_groups(list(tests), rule_scales).items()}
         except ImportError:
             pass
     return {t: "all" for t in tests}
@@ -116,12 +118,13 @@ def _ci(values, ci):
 
 
 def analyse(models: list[dict], y_test: np.ndarray, headline_mask: np.ndarray, dx_names, y_all: np.ndarray,
-            synthetic: bool, min_positives: int = 20, n_boot: int = 1000, ci: float = 0.95, seed: int = 0) -> dict:
+            synthetic: bool, min_positives: int = 20, n_boot: int = 1000, ci: float = 0.95, seed: int = 0,
+            rule_scales: dict | None = None) -> dict:
     """models: rows dict(fraction, replicate, arm, evaluation, test=[n_test, L] probabilities) on the test
     diagnosis cohort; headline_mask selects the headline subset (ED-linked) of those rows."""
     dx_names = list(dx_names)
     yh = np.asarray(y_test)[headline_mask]
-    groups = label_groups(dx_names, synthetic)
+    groups = label_groups(dx_names, synthetic, rule_scales)
     dup = duplicate_parents(dx_names, y_all)
     pos = (yh > 0.5).sum(0)
     eligible = [j for j, n in enumerate(dx_names) if pos[j] >= min_positives and n not in dup]

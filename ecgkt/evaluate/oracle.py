@@ -42,6 +42,19 @@ def truth_path(store_dir) -> Path | None:
     return None
 
 
+def rule_scales(store_dir) -> dict | None:
+    """The generator's rule scales the data was made with (synth_summary.json beside the truth table)."""
+    path = truth_path(store_dir)
+    summary = path.parent / "synth_summary.json" if path is not None else None
+    if summary is None or not summary.is_file():
+        return None
+    try:
+        rules = json.loads(summary.read_text()).get("rules")
+    except (OSError, ValueError):
+        return None
+    return rules if isinstance(rules, dict) else None
+
+
 def _select(truth):
     try:
         from ..data.synth import oracle_features

@@ -117,7 +117,7 @@ def compute_run(preds: dict, dx_names, lab_label_names, cfg: dict, extra: dict |
     if extra.get("sweep"):
         le = le_mod.analyse(extra["sweep"], np.asarray(preds["test_dx_y"]), headline, dx_names,
                             np.asarray(extra["y_all"]), bool(extra.get("synthetic")), int(p["min_test_positives"]),
-                            int(e["bootstrap"]), float(e["ci"]), int(e["seed"]))
+                            int(e["bootstrap"]), float(e["ci"]), int(e["seed"]), extra.get("rule_scales"))
         keep = [dx_names.index(n) for n in le["labels"]["eligible"]
                 if le["labels"]["groups"] and n not in le["labels"]["groups"].get("symptom", [])]
     else:
@@ -149,7 +149,7 @@ def compute_run(preds: dict, dx_names, lab_label_names, cfg: dict, extra: dict |
             sources["final model"] = preds["test_lab_ecgkt"]
         tests = sorted({n.rsplit("_", 1)[0] for n in lab_label_names})
         labs = (le_mod.lab_summary(sources, t, np.asarray(preds["test_lab_mask"]), list(lab_label_names),
-                                   le_mod.lab_test_groups(tests, bool(extra.get("synthetic"))),
+                                   le_mod.lab_test_groups(tests, bool(extra.get("synthetic")), extra.get("rule_scales")),
                                    int(e.get("lab_min_positives", 10))) if sources and len(lab_label_names) else None)
         res["label_efficiency"] = le["rows"]
         res["label_efficiency_comparisons"] = le["comparisons"]

@@ -210,7 +210,7 @@ def evaluate_run(ctx, r: dict) -> dict:
     checkpoint.save_json(histories, run_dir / "histories.json")
     extra = dict(sweep=sweep_rows(ctx, r), test_ed=ctx.flags("test")["ed"][ctx.dx_rows("test")],
                  y_all=np.concatenate([np.asarray(ctx.dx_split(s).dx_y) for s in ("train", "val", "test")]),
-                 synthetic=oracle.truth_path(ctx.store_dir) is not None,
+                 synthetic=oracle.truth_path(ctx.store_dir) is not None, rule_scales=oracle.rule_scales(ctx.store_dir),
                  lab_probes={res["arm"]: res["lab"]["test"].numpy() for res in r.values()
                              if isinstance(res, dict) and res.get("available") and res.get("lab") is not None})
     return write_results(run_dir, preds, histories, ctx.dx_names, ctx.lab_label_names, ctx.cfg, extra)

@@ -1,4 +1,4 @@
-"""Vectorised beat model: ECG parameters -> 12-lead int16 records in MIMIC-IV-ECG layout.
+"""Vectorised beat model: beat-model parameters -> 12-lead int16 signals (written by ``mimic_ecg``).
 
 Each wave (P, Q, R, S, R', ST plateau, T, U, J) is a Gaussian in time (the T wave has a slower
 rise than fall) times a 3-D dipole in mV; lead ``l`` sees ``dot(LEAD_VECTORS[l], dipole)``.
@@ -9,9 +9,6 @@ All records of a chunk are rendered at once: for every sample we find the beat w
 precedes it, and evaluate P of the next beat, QRS of the nearer beat, ST/T/U/J of the current beat.
 """
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 import numpy as np
 
@@ -179,13 +176,22 @@ def _noise_bank(seed: int) -> np.ndarray:
     return np.random.default_rng([seed, 104729]).standard_normal(_NOISE_BANK_SIZE, dtype=np.float32)
 
 
-def _sinusoids(rng, n, T, nl, f_lo, f_hi, amp, fs, block=100):
-    """Random-phase sinusoids (n, T, nl), amplitude ``amp`` (n, 1, nl), frequency uniform in
-    [f_lo, f_hi] Hz. Computed per block of samples with sin(a + b) = sin a cos b + cos a sin b:
-    a few multiplications per sample instead of a sine."""
+def _sinusoid_draw(rng, n, nl, f_lo, f_hi, fs):
+    """Frequencies (rad per sample) and phases (n, 1, 1, nl) of random-phase sinusoids, frequency
+    uniform in [f_lo, f_hi] Hz."""
     f32 = np.float32
-    w = (2 * np.pi * rng.uniform(f_lo, f_hi, (n, 1, 1, nl)) / fs).astype(f32)  # rad per sample
+    w = (2 * np.pi * rng.uniform(f_lo, f_hi, (n, 1, 1, nl)) / fs).astype(f32)
     phase = rng.uniform(0, 2 * np.pi, (n, 1, 1, nl)).astype(f32)
+    return w, phase
+
+
+def _sinusoid_values(w, phase, amp, T, block=100):
+    """The sinusoids (n, T, nl) of ``_sinusoid_draw``, amplitude ``amp`` (n, 1, nl). Computed per
+    block of samples with sin(a + b) = sin a cos b + cos a sin b: a few multiplications per sample
+    instead of a sine. Every value depends on its own record only, so any subset of records can be
+    computed alone."""
+    f32 = np.float32
+    n, nl = w.shape[0], w.shape[3]
     nb = -(-T // block)
     a = w * (np.arange(nb, dtype=f32) * block)[None, :, None, None] + phase  # block starts
     b = w * np.arange(block, dtype=f32)[None, None, :, None]  # within a block
@@ -195,26 +201,47 @@ def _sinusoids(rng, n, T, nl, f_lo, f_hi, amp, fs, block=100):
     return out.reshape(n, nb * block, nl)[:, :T]
 
 
+NOISE_BLOCK = 8  # records whose noise is summed together: the temporaries stay in cache
+
+
 def add_noise(rng, sig8, cfg, boost=None, fs=FS, bank=None):
     """Baseline wander, EMG/white noise, respiration amplitude modulation and occasional mains hum
     on (n, T, 8) signals. ``boost`` (n,) multiplies the noise of individual records (poor quality).
+
+    Every random number is drawn first, for all records, in a fixed order; the sums are then formed
+    a few records at a time (each sample sees the same operations in the same order either way).
     """
     f32 = np.float32
     n, T, nl = sig8.shape
     s = cfg.noise_scale * (np.ones((n, 1, 1)) if boost is None else np.asarray(boost, float)[:, None, None])
-    out = sig8 * (1 + _sinusoids(rng, n, T, 1, 0.2, 0.33, np.full((n, 1, 1), 0.05), fs))  # respiration
+    resp = (*_sinusoid_draw(rng, n, 1, 0.2, 0.33, fs), np.full((n, 1, 1), 0.05))  # respiration
+    wander = []
     for _ in range(2):  # baseline wander 0.1-0.5 Hz, 0.05-0.2 mV in total
-        out += _sinusoids(rng, n, T, nl, 0.1, 0.5, rng.uniform(0.025, 0.1, (n, 1, nl)) * s, fs)
+        amp = rng.uniform(0.025, 0.1, (n, 1, nl)) * s
+        wander.append((*_sinusoid_draw(rng, n, nl, 0.1, 0.5, fs), amp))
     if bank is None:
         bank = _noise_bank(0)
     rows = bank[: len(bank) // nl * nl].reshape(-1, nl)
     starts = rng.integers(0, len(rows) - T, (n, 1))
     level = (rng.uniform(0.010, 0.030, (n, 1, 1)) * s).astype(f32)  # EMG/white 10-30 uV
-    for i in range(n):  # a window of the bank per record: a view, no gather
-        out[i] += level[i] * rows[starts[i, 0]:starts[i, 0] + T]
     hum = np.flatnonzero(rng.random(n) < cfg.p_mains)
-    if len(hum):
-        out[hum] += _sinusoids(rng, len(hum), T, nl, 60, 60, rng.uniform(0.01, 0.05, (len(hum), 1, nl)) * s[hum], fs)
+    if len(hum):  # 60 Hz mains
+        amp = rng.uniform(0.01, 0.05, (len(hum), 1, nl)) * s[hum]
+        mains = (*_sinusoid_draw(rng, len(hum), nl, 60, 60, fs), amp)
+    hum_at = np.full(n, -1)
+    hum_at[hum] = np.arange(len(hum))
+    out = np.empty(sig8.shape, f32)
+    for i0 in range(0, n, NOISE_BLOCK):
+        sl = slice(i0, min(i0 + NOISE_BLOCK, n))
+        o = sig8[sl] * (1 + _sinusoid_values(*(x[sl] for x in resp), T))
+        for part in wander:
+            o += _sinusoid_values(*(x[sl] for x in part), T)
+        for i in range(sl.start, sl.stop):  # a window of the bank per record: a view, no gather
+            o[i - i0] += level[i] * rows[starts[i, 0]:starts[i, 0] + T]
+        local = np.flatnonzero(hum_at[sl] >= 0)
+        if len(local):
+            o[local] += _sinusoid_values(*(x[hum_at[sl][local]] for x in mains), T)
+        out[sl] = o
     return out
 
 

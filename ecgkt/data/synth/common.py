@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+
 def unique_ids(rng, lo: int, hi: int, n: int) -> np.ndarray:
     """``n`` distinct random integers in [lo, hi), in random order."""
     ids = np.unique(rng.integers(lo, hi, int(n * 1.1) + 10))

@@ -50,7 +50,6 @@ def write_record(root: Path, rel: str, header: str, frames: np.ndarray) -> None:
         f.write(header)
 
 
-
 # ------------------------------------------------------------------------------------------------
 def render_chunk(sim: Simulation, c: int, rows: np.ndarray, bank: np.ndarray):
     """int16 records (len(rows), 5000, 12) of one chunk, each record's mean RR in ms and its
@@ -93,7 +92,8 @@ def _worker_chunk(c):
     return _write_chunk(_WORKER["sim"], _WORKER["ecg_root"], c, _WORKER["bank"])
 
 
-def write_waveforms(sim: Simulation, ecg_root: Path, progress: bool = True, jobs: int = 1, meanwhile=None) -> np.ndarray:
+def write_waveforms(sim: Simulation, ecg_root: Path, progress: bool = True, jobs: int = 1,
+                    meanwhile=None) -> np.ndarray:
     """Render and write every record (``jobs`` processes); returns per ECG (m, 2): the mean RR in
     ms and the number of ventricular premature beats in the record.
 
