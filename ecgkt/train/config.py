@@ -21,7 +21,8 @@ def default_config() -> dict:
 
 
 # Keys whose default is a number but that also take null (see the comments in default.yaml).
-NULLABLE = {"preprocessing.train_crop_seconds", "preprocessing.notch", "runtime.threads"}
+NULLABLE = {"preprocessing.train_crop_seconds", "preprocessing.notch", "preprocessing.target_fs", "runtime.threads",
+            "runtime.jobs"}
 _BOOL_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
 
 
