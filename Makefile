@@ -13,7 +13,7 @@ SOURCES := setup.py $(shell find csrc -type f)
 
 # The virtual environment with the build requirements (torch first: the extension compiles against it).
 $(VENV)/.installed:
-	@echo "ecgkt: creating $(VENV) with $(TORCH) (a download of about 1 GB on a fresh machine)"
+	@echo "ecgkt: creating $(VENV) with $(TORCH) (downloads torch; the environment takes about 2.7 GB)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "setuptools>=77" wheel
 	$(PY) -m pip install -q "$(TORCH)" numpy pybind11 ninja
