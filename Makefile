@@ -6,10 +6,6 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 RUN    ?= runs/demo
-# strict: the editable install is a link tree on sys.path, so `import ecgkt` finds the package even
-# when Python runs in the folder that holds a checkout named ecgkt (the default finder-based mode loses
-# to that folder, which imports as an empty namespace package). A new module needs `make` again.
-EDITABLE ?= strict
 
 .PHONY: setup demo test bench clean
 
@@ -17,7 +13,7 @@ SOURCES := setup.py $(shell find csrc -type f)
 
 # The virtual environment with the build requirements (torch first: the extension compiles against it).
 $(VENV)/.installed:
-	@echo "ecgkt: creating $(VENV) with $(TORCH) (a download of about 1 GB on a fresh machine)"
+	@echo "ecgkt: creating $(VENV) with $(TORCH) (downloads torch; the environment takes about 2.7 GB)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "setuptools>=77" wheel
 	$(PY) -m pip install -q "$(TORCH)" numpy pybind11 ninja
@@ -26,8 +22,8 @@ $(VENV)/.installed:
 # ecgkt[test] and its C++ extension, built once here and again only when a C++/CUDA source or
 # pyproject.toml changed.
 $(VENV)/.built: $(VENV)/.installed pyproject.toml $(SOURCES)
-	@echo "ecgkt: compiling the C++ extension and installing ecgkt[test] (about 3-4 minutes on 2 cores)"
-	$(PY) -m pip install -q --no-build-isolation -e ".[test]" --config-settings editable_mode=$(EDITABLE)
+	@echo "ecgkt: compiling the C++ extension and installing ecgkt[test] (about 5 minutes on 2 cores)"
+	$(PY) -m pip install -q --no-build-isolation -e ".[test]"
 	touch $@
 
 setup: $(VENV)/.built

@@ -69,9 +69,8 @@ def _check_package() -> None:
     package = sys.modules.get(__package__ or "ecgkt")
     if package is not None and getattr(package, "__file__", None) is None:
         where = ", ".join(getattr(package, "__path__", []) or ["?"])
-        raise SystemExit(f"ecgkt: error: `import ecgkt` found the folder {where}, not the package (Python was "
-                         f"started in the folder that holds the checkout); run from another folder, or "
-                         f"reinstall with `make` (a strict editable install)")
+        raise SystemExit(f"ecgkt: error: `import ecgkt` found the folder {where}, not the package: Python was "
+                         f"started in the folder that holds a checkout named ecgkt; run it from another folder")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,7 +46,7 @@ REPORT_STATEMENT_NAMES = {
 }
 
 LAB_NAMES = {"ph": "pH", "nt-probnp": "NT-proBNP", "ck-mb": "CK-MB", "ck": "CK", "crp": "CRP", "alt": "ALT",
-             "ast": "AST", "alp": "ALP", "rdw": "RDW"}
+             "ast": "AST", "alp": "ALP", "rdw": "RDW", "white blood cells": "white blood cell count"}
 
 
 @functools.lru_cache(maxsize=1)
@@ -115,7 +115,8 @@ def lab_display(key: str) -> str:
     from .predict.explanations import parse_lab_output
 
     lab, direction = parse_lab_output(key)
-    name = LAB_NAMES.get(lab, lab[:1].upper() + lab[1:])
+    name = LAB_NAMES.get(lab, lab)
+    name = name if name == "pH" else name[:1].upper() + name[1:]
     return f"{name}, {direction}" if direction else name
 
 

@@ -11,8 +11,11 @@ from ..errors import ECGKTError
 from ..io import describe_os_error, dumps_json, temp_path
 
 PREDICT_HELP = """\
-Score ECG records with a saved ECG-only model: diagnosis probabilities, and the predicted lab
-abnormalities that explain them ("potassium high 0.81 - associated with peaked T waves").
+Score ECG records with a saved ECG-only model: diagnosis probabilities by name ("I48.9 Unspecified
+atrial fibrillation and atrial flutter"), and the predicted lab abnormalities that explain them ("High
+potassium predicted (probability 0.81, validation AUROC 0.93). Expected on the ECG: peaked, narrow T
+waves"). A lab explains only when its ECG association is documented and the model predicted it well on
+its own validation set (the AUROC threshold saved with the model).
 
 INPUT may be WFDB records (name.hea, name.dat, name.mat or the bare record path; any sampling rate,
 gain, format 16/212/.mat, lead order and name case, extra signals ignored), 12-lead DICOM waveform

@@ -94,10 +94,11 @@ def measure_intervals(signal_mv: np.ndarray, fs: float) -> dict:
             k = tp + int(np.argmin(slope[tp:stop]))
             if slope[k] < 0:
                 t_end = k - y[k] / slope[k] / dt_ms  # in samples
-                if end < t_end < beat.shape[1]:
-                    out["qt_ms"] = round((t_end - on) * dt_ms, 1)
+                # a T end at the window's edge (a fast rhythm) or beyond 90 % of the RR is no T end
+                if end < t_end < beat.shape[1] - 0.02 * fs and (t_end - on) < 0.9 * rr_med * fs:
+                    out["qt_ms"] = round(float(t_end - on) * dt_ms, 1)
                     prev_t_end = t_end - rr_med * fs  # the previous beat's T end, in this beat's samples
-                    out["qtc_ms"] = round(out["qt_ms"] / np.sqrt(rr_med), 1)
+                    out["qtc_ms"] = round(float(out["qt_ms"] / np.sqrt(rr_med)), 1)
     # P onset: the P wave's peak in the 300 ms before the QRS (after the previous T), then back to 10 % of it
     if not irregular:
         mag = _smooth(np.sqrt((beat ** 2).sum(0)), 0.02 * fs)
