@@ -204,7 +204,8 @@ def run_predict(args) -> int:
                     failures.append(result)
                     continue
                 n_ok += 1
-                if n_ok == 1 and display.gate.note:  # once, and only when there is a result it applies to
+                # once, when there is a result it applies to; JSON output carries it as `explanation_note`
+                if n_ok == 1 and display.gate.note and args.format != "json":
                     print(f"ecgkt: {display.gate.note}", file=sys.stderr)
                 if args.report:
                     _write_report(result, record, model, args.report, report_names, display)

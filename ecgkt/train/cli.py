@@ -63,7 +63,7 @@ def add_cli(subparsers) -> None:
     p.set_defaults(func=cmd_finetune)
 
     p = subparsers.add_parser("baseline", formatter_class=fmt,
-                              help="train a baseline at 100 % labels: signal-only, multimodal, control or ssl",
+                              help="train a baseline with all labels: signal-only, multimodal, control or ssl",
                               description="signal-only: the same ECG encoder trained on diagnoses from scratch.\n"
                                           "multimodal: ECG + tabular encoders fused (tabular data needed at inference).\n"
                                           "control: stage 1 with the tabular rows permuted across patients, then\n"
@@ -96,8 +96,8 @@ def resolve_config(args) -> dict:
     return resolve(args.config, overrides, base=base)
 
 
-PRESETS = {"default": "the built-in default: 2,000 synthetic patients, fractions 10 % and 100 % (<= 10 min on 2 cores)",
-           "science": "the full protocol: 10,000 synthetic patients, fractions 1-100 % (<= 90 min on 2 cores)"}
+PRESETS = {"default": "the built-in default: 2,000 synthetic patients, label fractions 10 and 100 percent",
+           "science": "the full protocol: 10,000 synthetic patients, label fractions 1 to 100 percent"}
 
 
 def preset_path(name: str):
