@@ -271,12 +271,7 @@ def pretrain(ctx: Context, name: str = "pretrain", permute: bool = False) -> dic
             e, t = net(x, batch["tab"].to(env.device), batch["tab_mask"].to(env.device))
             return loss_fn(e.float(), t.float(), _scale(model), model.logit_bias)
 
-        local_loss = contrastive_loss(cfg, DistEnv())[0]
-        validate = _pair_validation(ctx, p["batch_size"], lambda mdl, b: pair_loss(mdl, b, local_loss, train=False))
-        task = Task(name, model, param_groups([(model, p["lr"])], p["weight_decay"]),
-                    loss=lambda net, b: pair_loss(net, b, loss_mod), validate=validate, select="val_loss",
-                    minimize=True)
-        history = fit(task, loader, _schedule(ctx, name, p))
+        history = _fit_contrastive(ctx, name, model, loader, pair_loss, loss_mod)
         return dict(state=_cpu_state(model), history=history, permuted=permute)
 
     return _run_stage(ctx, name, train)
@@ -309,15 +304,22 @@ def ssl_pretrain(ctx: Context, name: str = "ssl_pretrain") -> dict:
             e1, e2 = net(a, b)
             return loss_fn(e1.float(), e2.float(), _scale(model), model.logit_bias)
 
-        local_loss = contrastive_loss(cfg, DistEnv())[0]
-        validate = _pair_validation(ctx, p["batch_size"], lambda mdl, b: views_loss(mdl, b, local_loss, train=False))
-        task = Task(name, model, param_groups([(model, p["lr"])], p["weight_decay"]),
-                    loss=lambda net, b: views_loss(net, b, loss_mod), validate=validate, select="val_loss",
-                    minimize=True)
-        history = fit(task, loader, _schedule(ctx, name, p))
+        history = _fit_contrastive(ctx, name, model, loader, views_loss, loss_mod)
         return dict(state=_cpu_state(model), history=history)
 
     return _run_stage(ctx, name, train)
+
+
+def _fit_contrastive(ctx: Context, name: str, model, loader, batch_loss, loss_mod) -> list[dict]:
+    """Stage-1 training of any pre-training arm: batch_loss(net, batch, loss_fn, train) on the pool, the
+    best epoch by the single-process validation loss kept."""
+    p = ctx.cfg["pretrain"]
+    local_loss = contrastive_loss(ctx.cfg, DistEnv())[0]
+    validate = _pair_validation(ctx, p["batch_size"], lambda mdl, b: batch_loss(mdl, b, local_loss, train=False))
+    task = Task(name, model, param_groups([(model, p["lr"])], p["weight_decay"]),
+                loss=lambda net, b: batch_loss(net, b, loss_mod), validate=validate, select="val_loss",
+                minimize=True)
+    return fit(task, loader, _schedule(ctx, name, p))
 
 
 def _pair_validation(ctx: Context, batch_size: int, batch_loss):
