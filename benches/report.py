@@ -196,12 +196,14 @@ def render(results: dict, results_path: Path, out_path: Path) -> str:
             name = plot(rows, kernel, metric, log, plots_dir, prefix)
             if name:
                 lines += [f"![{kernel} {metric}]({rel}/{name})", ""]
-    lines += ["## Not measured in this run", ""]
-    gpu = [r for r in rows if "cuda" in r["provider"]]
-    if not gpu:
-        lines.append("- GPU cases (CUDA/Triton preprocessing against the device's copy, the losses on the GPU, "
-                     "GPU training): the suite has them and skips them, saying so, without a CUDA device.")
-    lines.append(f"- Other skipped cases are listed with their reasons at the end of the run's output.")
+    lines += ["## Not measured in this run", "", "Cases the run skipped, with the reason it gave:", ""]
+    reasons: dict[str, list[str]] = {}
+    for s in results.get("skipped", []):
+        reasons.setdefault(s["reason"], []).append(s["case"].split("::")[-1])
+    for reason, cases in reasons.items():
+        lines.append(f"- {reason}: " + ", ".join(f"`{c}`" for c in cases))
+    if not reasons:
+        lines.append("- none")
     return "\n".join(lines) + "\n"
 
 
