@@ -164,6 +164,7 @@ RATIOS = [
 TARGETS = [
     ("synth", "ecgkt-2-jobs", "records/s", 1000.0),
     ("predict", "ecgkt", "records/s", 1000.0),
+    ("predict", "ecgkt-cli", "records/s", 1000.0),
     ("prepare", "ecgkt", "records/s", 1000.0),
     ("loader", "ecgkt", "ECG/s", 20000.0),
 ]
