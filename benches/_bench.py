@@ -160,13 +160,14 @@ RATIOS = [
     Ratio("labevents: ecgkt / pandas chunks", "labevents", "rows/s", "ecgkt", "pandas"),
 ]
 
-# absolute targets (issue 14), checked against the p50 of the named row at its largest x
+# absolute targets (issue 14), checked against the p50 of the named row at its largest x ("largest": a size)
+# or at its best x ("best": a setting, such as the number of loader workers)
 TARGETS = [
-    ("synth", "ecgkt-2-jobs", "records/s", 1000.0),
-    ("predict", "ecgkt", "records/s", 1000.0),
-    ("predict", "ecgkt-cli", "records/s", 1000.0),
-    ("prepare", "ecgkt", "records/s", 1000.0),
-    ("loader", "ecgkt", "ECG/s", 20000.0),
+    ("synth", "ecgkt-2-jobs", "records/s", 1000.0, "largest"),
+    ("predict", "ecgkt", "records/s", 1000.0, "largest"),
+    ("predict", "ecgkt-cli", "records/s", 1000.0, "largest"),
+    ("prepare", "ecgkt", "records/s", 1000.0, "largest"),
+    ("loader", "ecgkt", "ECG/s", 20000.0, "best"),
 ]
 
 SMALLER_IS_BETTER = {"s", "MB"}
@@ -192,10 +193,10 @@ def ratio_rows(rows: list[dict]) -> list[dict]:
 
 def target_rows(rows: list[dict]) -> list[dict]:
     out = []
-    for kernel, provider, metric, target in TARGETS:
+    for kernel, provider, metric, target, at in TARGETS:
         found = [row for row in rows if (row["kernel"], row["provider"], row["metric"]) == (kernel, provider, metric)]
         if found:
-            row = max(found, key=lambda r: _sort_key(r["x"]))
+            row = max(found, key=(lambda r: r["p50"]) if at == "best" else (lambda r: _sort_key(r["x"])))
             out.append(dict(kernel=kernel, provider=provider, metric=metric, x=row["x"], x_name=row["x_name"],
                             value=row["p50"], target=target, met=bool(row["p50"] >= target)))
     return out
