@@ -111,7 +111,7 @@ def test_prepare(benchmark, sizes, raw_sets, workdir, prepare_patients, provider
                 signals[i] = r.d_signal[:5000].T
         setup = None
     measure(benchmark, fn, kernel="prepare", provider=provider, x=len(headers), x_name="records",
-            items=len(headers), unit="records/s", rounds=sizes.rounds if sizes.quick else 3, setup=setup)
+            items=len(headers), unit="records/s", rounds=sizes.rounds if sizes.quick else 2, setup=setup)
 
 
 LAB_HEADER = ["labevent_id", "subject_id", "hadm_id", "specimen_id", "itemid", "order_provider_id", "charttime",

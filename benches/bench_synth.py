@@ -17,17 +17,17 @@ def test_synth(benchmark, sizes, workdir, jobs):
                                         overwrite=True),
             kernel="synth", provider=f"ecgkt-{jobs}-job{'s' if jobs > 1 else ''}", x=sizes.synth_patients,
             x_name="patients", items=lambda summary: summary["records"], unit="records/s",
-            rounds=sizes.rounds if sizes.quick else 3, setup=lambda: shutil.rmtree(out, ignore_errors=True))
+            rounds=sizes.rounds if sizes.quick else 2, setup=lambda: shutil.rmtree(out, ignore_errors=True))
 
 
 @pytest.mark.parametrize("provider", ["ecgkt", "wfdb"])
 def test_writer(benchmark, sizes, workdir, provider):
-    """Writing MIMIC-shaped records (header + format-16 .dat): 100 (quick mode: 30)."""
+    """Writing MIMIC-shaped records (header + format-16 .dat): 60 (quick mode: 30)."""
     import datetime
 
     from ecgkt.data.synth import beat_model, mimic_ecg
 
-    n = 30 if sizes.quick else 100
+    n = 30 if sizes.quick else 60
     frames = [np.ascontiguousarray(f.numpy().T) for f in ecg_batch(n)]  # (T, 12) int16 each
     out = workdir / f"writer-{provider}"
     when = datetime.datetime(2150, 1, 1, 12, 0, 0)

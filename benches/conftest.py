@@ -91,6 +91,14 @@ def pytest_deselected(items):
         items[0].config._ecgkt_partial = True
 
 
+SKIPPED: list[dict] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and isinstance(report.longrepr, tuple):  # (file, line, "Skipped: reason")
+        SKIPPED.append(dict(case=report.nodeid, reason=str(report.longrepr[2]).removeprefix("Skipped: ")))
+
+
 def _results_path(config) -> Path:
     given = config.getoption("--results")
     if given:
@@ -115,7 +123,8 @@ def pytest_sessionfinish(session, exitstatus):
                 python=sys.version.split()[0], torch=torch.__version__, torch_threads=torch.get_num_threads(),
                 note="the machine is shared: absolute figures are noisy; ratios within one run are what count")
     rows = [dict(r, machine=meta["machine"], date=meta["date"], commit=meta["commit"]) for r in _bench.ROWS]
-    out = dict(meta=meta, rows=rows, ratios=_bench.ratio_rows(rows), targets=_bench.target_rows(rows))
+    out = dict(meta=meta, rows=rows, ratios=_bench.ratio_rows(rows), targets=_bench.target_rows(rows),
+               skipped=SKIPPED)
     path = _results_path(config)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

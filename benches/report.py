@@ -16,8 +16,11 @@ import json
 import os
 from pathlib import Path
 
+import sys
+
 BENCHES = Path(__file__).resolve().parent
 ROOT = BENCHES.parent
+sys.path.insert(0, str(BENCHES))
 
 # section title, kernels, the module whose docstring describes the contenders, plots (kernel, metric, log axes)
 SECTIONS = [
@@ -138,6 +141,10 @@ def plot(rows: list[dict], kernel: str, metric: str, log: bool, folder: Path, pr
 
 def render(results: dict, results_path: Path, out_path: Path) -> str:
     meta, rows = results["meta"], results["rows"]
+    # ratios and targets from the rows, with the suite's own definitions (the same as printed at the end of the run)
+    import _bench
+
+    results = dict(results, ratios=_bench.ratio_rows(rows), targets=_bench.target_rows(rows))
     plots_dir = results_path.parent
     prefix = "" if results_path.stem == "results" else results_path.stem + "-"  # a quick run's plots apart
     rel = os.path.relpath(plots_dir, out_path.parent)
@@ -152,10 +159,12 @@ def render(results: dict, results_path: Path, out_path: Path) -> str:
         "by `python benches/report.py`.",
         "",
         f"- machine: {meta['machine']}; Python {meta['python']}, torch {meta['torch']}, "
-        f"{meta['torch_threads']} torch threads unless a section says otherwise",
+        f"torch CPU threads: {meta['torch_threads']} (loader workers, prepare and synth processes and predict's "
+        "reader threads as each section says)",
         f"- date: {meta['date']}; commit {meta['commit']}",
         f"- load at the start: `{meta['uptime_start']}`",
-        f"- load at the end: `{meta['uptime_end']}`",
+        f"- load at the end: `{meta['uptime_end']}`; 1-minute load average when each case ended: "
+        f"{min(r['load'] for r in rows):.1f} to {max(r['load'] for r in rows):.1f} (2 CPUs)",
         "",
         "**The machine is shared** (on the development box, other jobs build and test on the same two cores; "
         "see the load above): absolute figures are noisy and lower than on an idle machine. The **ratios between contenders of the "
@@ -180,7 +189,8 @@ def render(results: dict, results_path: Path, out_path: Path) -> str:
         if r["target"] is not None:
             lines.append(f"| {r['title']} ({r['x_name']} = {r['x']}) ≥ {r['target']:g}× | {r['ratio']:.2f}× | "
                          f"{'met' if r['met'] else '**not met**'} |")
-    lines.append("")
+    lines += ["", "Ratios are p50 / p50 of two contenders in this run (for times and memory: the peer's over "
+              "ecgkt's); a ratio target is judged at the largest size both contenders ran.", ""]
     for title, kernels, module, plots in SECTIONS:
         present = [k for k in kernels if any(r["kernel"] == k for r in rows)]
         if not present:
@@ -196,12 +206,14 @@ def render(results: dict, results_path: Path, out_path: Path) -> str:
             name = plot(rows, kernel, metric, log, plots_dir, prefix)
             if name:
                 lines += [f"![{kernel} {metric}]({rel}/{name})", ""]
-    lines += ["## Not measured in this run", ""]
-    gpu = [r for r in rows if "cuda" in r["provider"]]
-    if not gpu:
-        lines.append("- GPU cases (CUDA/Triton preprocessing against the device's copy, the losses on the GPU, "
-                     "GPU training): the suite has them and skips them, saying so, without a CUDA device.")
-    lines.append(f"- Other skipped cases are listed with their reasons at the end of the run's output.")
+    lines += ["## Not measured in this run", "", "Cases the run skipped, with the reason it gave:", ""]
+    reasons: dict[str, list[str]] = {}
+    for s in results.get("skipped", []):
+        reasons.setdefault(s["reason"], []).append(s["case"].split("::")[-1])
+    for reason, cases in reasons.items():
+        lines.append(f"- {reason}: " + ", ".join(f"`{c}`" for c in cases))
+    if not reasons:
+        lines.append("- none")
     return "\n".join(lines) + "\n"
 
 
