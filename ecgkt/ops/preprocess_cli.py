@@ -44,6 +44,8 @@ def read_wfdb(record: str):
 
     Read and checked by ``ecgkt.data.wfdb_io`` like every other input (formats wider than 16 bits are
     rescaled to int16 with the gain scaled alike)."""
+    import torch
+
     from ..data.wfdb_io import read_record
 
     path = pathlib.Path(record)
