@@ -210,18 +210,13 @@ def _sort_key(x):
 # Machine and run description
 # ----------------------------------------------------------------------------------------------------
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
-    return f"{cpu}, {cpus} CPUs, {mem:.0f} GiB{gpu}"
+    """One line for the results file, from ecgkt.provenance.hardware() (the one place that reads the machine)."""
+    from ecgkt.provenance import hardware
+
+    h = hardware()
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else h["cpu_count"]
+    gpu = ", " + ", ".join(h["gpus"]) if h["gpus"] else ", no GPU"
+    return f"{h['cpu'] or 'unknown CPU'}, {cpus} CPUs, {h['memory_gib'] or 0:.0f} GiB{gpu}"
 
 
 def commit() -> str:
