@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from ecgkt import _extension
 
 
@@ -18,6 +20,7 @@ def test_matching_or_unknown_build_is_accepted():
     assert _extension.mismatch({}, "2.13.0+cpu", None) == ""
 
 
+@pytest.mark.skipif(os.environ.get("ECGKT_DISABLE_EXTENSION") == "1", reason="ECGKT_DISABLE_EXTENSION=1 is set")
 def test_extension_loaded_in_this_build():
     assert _extension.available, _extension.reason
     assert _extension.has_kernel("preprocess", "CPU")

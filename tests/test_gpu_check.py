@@ -24,13 +24,17 @@ def test_dry_run_runs_every_section(tmp_path):
     assert result["dry_run"] is True
     expected = {"build", "env", "correctness", "opcheck", "bandwidth", "sanitizer", "loss", "compile", "train"}
     assert set(sections) == expected
+    from ecgkt import _extension
+
+    skipped = {"build", "sanitizer"} | (set() if _extension.available else {"opcheck", "compile"})
     for name, record in sections.items():
-        want = "skipped" if name in ("build", "sanitizer") else "ok"
-        assert record["status"] == want, (name, record)
+        assert record["status"] == ("skipped" if name in skipped else "ok"), (name, record)
     correctness = sections["correctness"]
     assert {r["backend"] for r in correctness["preprocess"]} >= {"triton"}
     assert correctness["preprocess_worst_rel_error_non_float64"] < 1e-4
     assert max(r["max_rel_error"] for r in correctness["contrastive"]) < 3e-2
-    assert sections["opcheck"]["ops"][0] == "preprocess" and len(sections["opcheck"]["ops"]) == 5
-    assert sections["compile"]["abs_difference"] < 1e-4
+    if _extension.available:
+        assert sections["opcheck"]["ops"][0] == "preprocess" and len(sections["opcheck"]["ops"]) == 5
+    if _extension.available:
+        assert sections["compile"]["abs_difference"] < 1e-4
     assert all(r["fused_seconds"] > 0 for r in sections["loss"]["rows"])
