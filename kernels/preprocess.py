@@ -47,8 +47,9 @@ __all__ = ["preprocess_triton", "robust_normalize", "BLOCK_T", "BLOCK_N"]
 
 BLOCK_T = 64  # samples per tile (size of the Toeplitz block)
 BLOCK_N = 16  # leads per program (tl.dot needs >= 16)
-FLAT_PTP = 1e-6  # mV: a lead whose peak-to-peak is at most this is flat
-ZERO_SCALE = 1e-8  # a std or MAD at most this is zero
+from ..ops.preprocess import FLAT_PTP, INVALID_INT16, MAD_TO_SIGMA, ZERO_SCALE  # noqa: E402 - the spec's constants
+
+_INVALID_INT16 = tl.constexpr(INVALID_INT16)
 _FLAT_PTP = tl.constexpr(FLAT_PTP)  # the same values, readable inside @triton.jit functions
 _ZERO_SCALE = tl.constexpr(ZERO_SCALE)
 
@@ -146,7 +147,7 @@ def _load_converted(x_rows, t, m, gain, base, ACC: tl.constexpr, IS_INT16: tl.co
     raw = tl.load(x_rows[None, :] + t[:, None], mask=m, other=0)
     v = (raw.to(ACC) - base[None, :]) / gain[None, :]
     if IS_INT16:
-        bad = (raw == -32768) & m
+        bad = (raw == _INVALID_INT16) & m
     else:
         bad = ((v != v) | (tl.abs(v) == float("inf"))) & m
     return v, bad
@@ -342,10 +343,10 @@ def _median(v: torch.Tensor, n: int) -> torch.Tensor:
 
 def _robust_normalize_rows(out, flags, n):
     med = _median(out, n)
-    mad = _median((out - med).abs_(), n) * 1.4826
+    mad = _median((out - med).abs_(), n) * MAD_TO_SIGMA
     mean = out.mean(dim=1, keepdim=True)
     std = (out - mean).square_().mean(dim=1, keepdim=True).sqrt_()
-    robust_ok = mad > 1.4826 * ZERO_SCALE
+    robust_ok = mad > MAD_TO_SIGMA * ZERO_SCALE
     std_ok = std > ZERO_SCALE
     center = torch.where(robust_ok, med, mean)
     spread = torch.where(robust_ok, mad, torch.where(std_ok, std, torch.ones_like(std)))

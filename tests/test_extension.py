@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from ecgkt import _extension
 
 
@@ -18,6 +20,7 @@ def test_matching_or_unknown_build_is_accepted():
     assert _extension.mismatch({}, "2.13.0+cpu", None) == ""
 
 
+@pytest.mark.skipif(os.environ.get("ECGKT_DISABLE_EXTENSION") == "1", reason="ECGKT_DISABLE_EXTENSION=1 is set")
 def test_extension_loaded_in_this_build():
     assert _extension.available, _extension.reason
     assert _extension.has_kernel("preprocess", "CPU")
@@ -41,3 +44,21 @@ def test_import_without_extension_warns_once_and_falls_back():
     env = dict(os.environ, ECGKT_DISABLE_EXTENSION="1")
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_spec_constants_agree_between_python_and_cpp():
+    """The preprocessing spec's constants live once per language: ecgkt/ops/preprocess.py and
+    csrc/preprocess/spec.h; they must say the same."""
+    import pathlib
+    import re
+
+    from ecgkt.ops import preprocess as spec
+
+    header = (pathlib.Path(__file__).resolve().parents[1] / "csrc" / "preprocess" / "spec.h").read_text()
+    cpp = {name: float(value) for name, value in re.findall(r"constexpr \w+ (k\w+) = (-?[0-9.e-]+);", header)}
+    assert cpp == {"kInvalidInt16": spec.INVALID_INT16, "kFlatPtp": spec.FLAT_PTP, "kZeroScale": spec.ZERO_SCALE,
+                   "kMadToSigma": spec.MAD_TO_SIGMA}
+    for source in ("cpu.cpp", "cpu_kernel.h", "cuda.cu"):  # no copies of them elsewhere in the kernels
+        text = (pathlib.Path(__file__).resolve().parents[1] / "csrc" / "preprocess" / source).read_text()
+        code = "\n".join(line.split("//")[0] for line in text.splitlines())
+        assert not re.search(r"32768|1e-6|1e-8|1\.4826", code), source

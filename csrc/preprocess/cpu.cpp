@@ -56,15 +56,15 @@ void robust_rows(T* out, int32_t* flags, int64_t row0, int64_t row1, int64_t n, 
     for (int64_t i = 0; i < n; ++i) tmp[i] = std::abs(double(y[i]) - med);
     const double mad = median_inplace(tmp.data(), n);
     double shift = med, scale;
-    if (mad > 1e-8) {
-      scale = 1.0 / (1.4826 * mad);
+    if (mad > spec::kZeroScale) {
+      scale = 1.0 / (spec::kMadToSigma * mad);
     } else {
       double sum = 0, ss = 0;
       for (int64_t i = 0; i < n; ++i) sum += double(y[i]);
       shift = sum / double(n);
       for (int64_t i = 0; i < n; ++i) ss += (double(y[i]) - shift) * (double(y[i]) - shift);
       const double sd = std::sqrt(ss / double(n));
-      if (sd <= 1e-8) {
+      if (sd <= spec::kZeroScale) {
         std::fill(y, y + n, T(0));
         flags[row] |= 2;
         continue;

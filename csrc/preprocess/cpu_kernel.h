@@ -59,7 +59,7 @@ static void convert_span(const void* xrow, int64_t t0, int64_t count, T inv_gain
     if constexpr (IT == kInt16) {
       const int16_t raw = static_cast<const int16_t*>(xrow)[t];
       const T val = (T(raw) - base) * inv_gain;
-      v[i] = raw == -32768 ? nan : val;
+      v[i] = raw == spec::kInvalidInt16 ? nan : val;
     } else {
       T raw;
       if constexpr (IT == kHalf) raw = T(half_to_float(static_cast<const uint16_t*>(xrow)[t]));
@@ -133,7 +133,7 @@ static inline typename VecOf<T, W>::type load_mv(const void* xrow, int64_t t, T 
     std::memcpy(&q, static_cast<const int16_t*>(xrow) + t, sizeof(q));
     raw = __builtin_convertvector(q, vec);
     const vec v = (raw - base) * inv_gain;
-    return raw == T(-32768) ? nan : v;
+    return raw == T(spec::kInvalidInt16) ? nan : v;
   } else {
     if constexpr (IT == kFloat || IT == kDouble) {
       std::memcpy(&raw, static_cast<const T*>(xrow) + t, sizeof(raw));
@@ -342,7 +342,7 @@ static void run_block_typed(const Problem& p, int64_t row0, void* scratch) {
       continue;
     }
     flags[r] = info[r].n_bad > 0 ? 1 : 0;
-    dead[r] = info[r].n_bad == n || info[r].hi - info[r].lo <= 1e-6;
+    dead[r] = info[r].n_bad == n || info[r].hi - info[r].lo <= spec::kFlatPtp;
     if (dead[r]) {
       for (int64_t t = 0; t < n; ++t) col[t * R] = T(0);
       flags[r] |= 2;
@@ -435,7 +435,7 @@ static void run_block_typed(const Problem& p, int64_t row0, void* scratch) {
     for (int64_t r = 0; r < rows; ++r) {
       const double sd = __builtin_sqrt(ss[r] / double(n_out));
       shift[r] = mean[r];
-      if (sd <= 1e-8) {
+      if (sd <= spec::kZeroScale) {
         dead[r] = true;
         flags[r] |= 2;
       } else {

@@ -3,6 +3,8 @@
 #pragma once
 #include <cstdint>
 
+#include "preprocess/spec.h"
+
 namespace ecgkt {
 namespace preprocess_cpu {
 

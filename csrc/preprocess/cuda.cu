@@ -37,6 +37,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "spec.h"
+
 namespace ecgkt {
 namespace {
 
@@ -50,8 +52,9 @@ constexpr int kNeedsDouble = 7;      // index of that flag
 // |A(1)| = 1 + a1 + a2 below this: poles near z = 1, state in float64 (same rule as the CPU kernel)
 constexpr double kNearUnitCircle = 1e-2;
 constexpr int kTable = kPowers * 4 + kCoefs;
-constexpr float kFlatPtp = 1e-6f;    // mV: peak-to-peak at most this is a flat lead
-constexpr double kZeroScale = 1e-8;  // a std at most this is zero
+constexpr double kFlatPtp = spec::kFlatPtp;  // csrc/preprocess/spec.h
+constexpr double kZeroScale = spec::kZeroScale;
+constexpr double kMadToSigma = spec::kMadToSigma;
 
 template <typename acc_t>
 struct Params {
@@ -623,10 +626,10 @@ void robust_normalize(at::Tensor& out, at::Tensor& flags) {
     at::Tensor o = out.narrow(0, r0, std::min(step, N - r0));
     at::Tensor f = flags.narrow(0, r0, o.size(0));
     at::Tensor med = median(o);
-    at::Tensor mad = median((o - med).abs_()).mul_(1.4826);
+    at::Tensor mad = median((o - med).abs_()).mul_(kMadToSigma);
     at::Tensor mean = o.mean(1, true);
     at::Tensor std = (o - mean).square_().mean(1, true).sqrt_();
-    at::Tensor robust_ok = mad > 1.4826 * kZeroScale, std_ok = std > kZeroScale;
+    at::Tensor robust_ok = mad > kMadToSigma * kZeroScale, std_ok = std > kZeroScale;
     at::Tensor center = at::where(robust_ok, med, mean);
     at::Tensor spread = at::where(robust_ok, mad, at::where(std_ok, std, at::ones_like(std)));
     at::Tensor live = at::logical_or(robust_ok, std_ok);

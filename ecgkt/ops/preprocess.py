@@ -47,9 +47,11 @@ __all__ = ["preprocess", "PreprocessResult", "filter_design", "FilterDesign", "r
 NORMALIZE_CODES = {None: 0, "none": 0, "zscore": 1, "robust": 2}
 BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
 INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int16)
+# The spec's constants, once for Python (the C++/CUDA kernels' copy: csrc/preprocess/spec.h)
 INVALID_INT16 = -32768
 FLAT_PTP = 1e-6  # mV: a lead whose peak-to-peak is at most this is flat
 ZERO_SCALE = 1e-8  # a std or MAD at most this is treated as zero
+MAD_TO_SIGMA = 1.4826  # robust scale = MAD_TO_SIGMA * MAD
 NOTCH_BANDWIDTH_HZ = 1.5  # -3 dB width of the notch (one-way); Q = notch / width
 MAX_ORDER = 8
 
@@ -277,8 +279,8 @@ def _normalize(y: np.ndarray, mode: int, dead: np.ndarray) -> np.ndarray:
         dead |= std[:, 0] <= ZERO_SCALE
         return zs
     med = np.median(y, axis=1, keepdims=True)
-    mad = 1.4826 * np.median(np.abs(y - med), axis=1, keepdims=True)
-    robust_ok = mad[:, 0] > 1.4826 * ZERO_SCALE
+    mad = MAD_TO_SIGMA * np.median(np.abs(y - med), axis=1, keepdims=True)
+    robust_ok = mad[:, 0] > MAD_TO_SIGMA * ZERO_SCALE
     dead |= ~robust_ok & (std[:, 0] <= ZERO_SCALE)
     return np.where(robust_ok[:, None], (y - med) / np.where(robust_ok[:, None], mad, 1.0), zs)
 
