@@ -220,11 +220,41 @@ def _world_size(fn, mode, group, a) -> int:
     return size
 
 
+class _GatherRows(torch.autograd.Function):
+    """All-gather of the rows of ``x`` with autograd: the backward sums every rank's gradient of the
+    local rows (a reduce-scatter), as open_clip's gather_with_grad does.
+
+    Written here rather than torch.distributed.nn.functional.all_gather: that one is deprecated (a
+    FutureWarning every step), and the process group it keeps in its autograd context made gloo
+    processes abort at exit ("terminate called without an active exception") in about a third of
+    2-rank runs. ``group`` stays None for the default group, so nothing here outlives it."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        size = dist.get_world_size(group)
+        out = x.new_empty((size * x.shape[0], *x.shape[1:]))
+        dist.all_gather_into_tensor(out, x.contiguous(), group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad, group = grad.contiguous(), ctx.group
+        n = grad.shape[0] // dist.get_world_size(group)
+        if dist.get_backend(group) in (dist.Backend.NCCL, getattr(dist.Backend, "XCCL", "xccl")):
+            local = grad.new_empty((n, *grad.shape[1:]))
+            dist.reduce_scatter_tensor(local, grad, group=group)
+        else:  # gloo has no reduce-scatter: sum the whole gradient, keep the local rows
+            total = grad.clone()
+            dist.all_reduce(total, group=group)
+            rank = dist.get_rank(group)
+            local = total[rank * n:(rank + 1) * n]
+        return local, None
+
+
 def _gather(x, group):
     """All-gather with autograd (the backward sums every rank's gradient into the local rows)."""
-    import torch.distributed.nn.functional as dist_nn
-
-    return torch.cat(dist_nn.all_gather(x.contiguous(), group=group or dist.group.WORLD))
+    return _GatherRows.apply(x, group)
 
 
 def _global_value(loss_local, size, group):
