@@ -21,6 +21,7 @@ COMMANDS = [
     "ecgkt.train.cli",
     "ecgkt.predict.cli",
     "ecgkt.ops.preprocess_cli",
+    "ecgkt.info",
 ]
 
 

@@ -96,6 +96,8 @@ def reference(op: str, *args):
 # ----------------------------------------------------------------------------------------------
 # False when the extension is missing or was built before these ops existed
 HAS_OPS = all(_extension.has_kernel(op, "CPU") for op in _OPS)
+# ops whose CUDA kernel is cuda_kernel() (Triton, else the reference) rather than compiled C++/CUDA
+TRITON_ON_CUDA: set[str] = set()
 
 
 def _fake_rows(a):
@@ -172,6 +174,7 @@ if HAS_OPS:
         for op in _OPS:
             if not _extension.has_kernel(op, "CUDA"):  # a compiled CUDA kernel would win
                 torch.library.register_kernel(f"ecgkt::{op}", "cuda", cuda_kernel(op))
+                TRITON_ON_CUDA.add(op)
 
     _register_cuda()
 
