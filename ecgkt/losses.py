@@ -220,6 +220,11 @@ def _world_size(fn, mode, group, a) -> int:
     return size
 
 
+# torch 2.13 renamed the tensor collectives (the old names warn); older torch has only the old ones
+_ALL_GATHER = getattr(dist, "all_gather_single", None) or getattr(dist, "all_gather_into_tensor", None)
+_REDUCE_SCATTER = getattr(dist, "reduce_scatter_single", None) or getattr(dist, "reduce_scatter_tensor", None)
+
+
 class _GatherRows(torch.autograd.Function):
     """All-gather of the rows of ``x`` with autograd: the backward sums every rank's gradient of the
     local rows (a reduce-scatter), as open_clip's gather_with_grad does.
@@ -234,7 +239,7 @@ class _GatherRows(torch.autograd.Function):
         ctx.group = group
         size = dist.get_world_size(group)
         out = x.new_empty((size * x.shape[0], *x.shape[1:]))
-        dist.all_gather_into_tensor(out, x.contiguous(), group=group)
+        _ALL_GATHER(out, x.contiguous(), group=group)
         return out
 
     @staticmethod
@@ -243,7 +248,7 @@ class _GatherRows(torch.autograd.Function):
         n = grad.shape[0] // dist.get_world_size(group)
         if dist.get_backend(group) in (dist.Backend.NCCL, getattr(dist.Backend, "XCCL", "xccl")):
             local = grad.new_empty((n, *grad.shape[1:]))
-            dist.reduce_scatter_tensor(local, grad, group=group)
+            _REDUCE_SCATTER(local, grad, group=group)
         else:  # gloo has no reduce-scatter: sum the whole gradient, keep the local rows
             total = grad.clone()
             dist.all_reduce(total, group=group)
