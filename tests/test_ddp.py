@@ -68,3 +68,47 @@ def test_two_ranks_match_one_process(tmp_path, mode):
                 apart += float((a["state"][k] - v).norm() ** 2)
         # training moved the encoder, and the two runs agree to well under 1% of that movement
         assert moved > 1e-4 and apart ** 0.5 < 0.01 * moved ** 0.5, (apart, moved)
+
+
+# ------------------------------------------------------------------ a worker lost under torchrun
+TORCHRUN_SETTINGS = ["data.synth_patients=200", "preprocessing.target_fs=50", "preprocessing.train_crop_seconds=2.0",
+                     "pretrain.epochs=3", "pretrain.batch_size=32", "runtime.threads=1"]
+
+
+def _torchrun_pretrain(run, *extra, restarts=0, data=None):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           f"--max-restarts={restarts}", "-m", "ecgkt.cli", "pretrain", "--out", str(run), "--no-progress"]
+    cmd += ["--data", str(data)] if data else []
+    for item in TORCHRUN_SETTINGS + list(extra):
+        cmd += ["--set", item]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_torchrun_restarts_a_killed_worker_and_the_stage_resumes_where_it_stopped(tmp_path):
+    """Rank 1 is SIGKILLed after epoch 1 of 3; rank 0 is then stuck in a collective. torchrun --max-restarts=1
+    tears the group down and restarts it; the stage resumes from the epoch-1 checkpoint and ends with the same
+    weights and history as an uninterrupted 2-rank run."""
+    a = _torchrun_pretrain(tmp_path / "a")
+    assert a.returncode == 0, a.stderr[-3000:]
+    assert a.stdout.count("stage 1 done") == 1  # rank 0 speaks for the group
+    store = tmp_path / "a/data/store"
+    lost = _torchrun_pretrain(tmp_path / "lost", "runtime.fail_after=pretrain@1:kill", data=store)
+    assert lost.returncode != 0 and "killing rank 1" in lost.stderr  # no restarts allowed: the job fails...
+    b = _torchrun_pretrain(tmp_path / "b", "runtime.fail_after=pretrain@1:kill", restarts=1, data=store)
+    assert b.returncode == 0, b.stderr[-3000:]
+    assert "killing rank 1" in b.stderr and "exitcode: -9" in b.stderr
+    assert b.stdout.count("[pretrain] epoch=1 ") == 1 and "[pretrain] epoch=3 " in b.stdout  # resumed at epoch 2
+    # ...and resubmitting it (what a scheduler does) resumes from the checkpoint as well
+    again = _torchrun_pretrain(tmp_path / "lost", data=store)
+    assert again.returncode == 0 and "[pretrain] epoch=1 " not in again.stdout, again.stderr[-3000:]
+    ref = checkpoint.load(tmp_path / "a/stages/pretrain/result.pt")
+    for run in ("b", "lost"):
+        got = checkpoint.load(tmp_path / run / "stages/pretrain/result.pt")
+        for k, v in ref["state"].items():
+            assert torch.equal(got["state"][k], v), (run, k)
+        strip = [{k: v for k, v in h.items() if k != "seconds"} for h in ref["history"]]
+        assert [{k: v for k, v in h.items() if k != "seconds"} for h in got["history"]] == strip, run

@@ -44,10 +44,25 @@ def init(device_pref: str = "auto") -> DistEnv:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        _init_process_group("nccl" if device.type == "cuda" else "gloo")
     if dist.is_initialized():
         world, rank = dist.get_world_size(), dist.get_rank()
     return DistEnv(rank=rank, world_size=world, local_rank=local_rank, device=device)
+
+
+def _init_process_group(backend: str) -> None:
+    """init_process_group from torchrun's environment, with the store keys of each restart attempt apart.
+
+    After torchrun --max-restarts restarts a group, the workers can meet the previous attempt's keys in
+    the agent's store; gloo then dials the dead ranks' addresses and waits out its timeout (30 min) in
+    connectFullMesh (seen in 1 of 3 restarts here). A prefix per attempt keeps each attempt's keys apart."""
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None:
+        dist.init_process_group(backend)
+        return
+    store, rank, world = next(dist.rendezvous("env://"))
+    dist.init_process_group(backend, store=dist.PrefixStore(f"ecgkt/attempt_{attempt}", store), rank=rank,
+                            world_size=world)
 
 
 def barrier(env: DistEnv) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -251,13 +252,25 @@ def fit(task: Task, loader, sch: Schedule) -> list[dict]:
             tqdm.write(f"[{name}] " + " ".join(f"{k}={v}" for k, v in shown.items()))
         if env.distributed:
             torch.distributed.barrier()
-        if sch.fail_after == f"{name}@{epoch + 1}":
-            raise InjectedFailure(f"injected failure after {name} epoch {epoch + 1} (runtime.fail_after)")
+        _inject_failure(sch, f"{name}@{epoch + 1}")
     if best is not None:
         model.load_state_dict(best["state"])
         for record in history:
             record["selected"] = record["epoch"] == best["epoch"]
     return history
+
+
+def _inject_failure(sch: Schedule, where: str) -> None:
+    """``runtime.fail_after``: "NAME@EPOCH" raises InjectedFailure after that epoch's checkpoint;
+    "NAME@EPOCH:kill" SIGKILLs the last rank there (the others go on into the next collective and hang
+    until torchrun tears them down: a worker lost in the middle of a distributed run)."""
+    if sch.fail_after == where:
+        raise InjectedFailure(f"injected failure after {where.replace('@', ' epoch ')} (runtime.fail_after)")
+    if sch.fail_after == f"{where}:kill" and sch.env.rank == sch.env.world_size - 1:
+        import signal
+
+        print(f"ecgkt: runtime.fail_after={sch.fail_after}: killing rank {sch.env.rank}", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _check_finite(total, name, epoch, step):
