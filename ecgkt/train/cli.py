@@ -165,7 +165,8 @@ def cmd_pretrain(args) -> int:
     ctx = _context(args)
     name = "control_pretrain" if args.permuted else ("ssl_pretrain" if args.ssl else "pretrain")
     _run_jobs(ctx, [name])
-    print(f"stage 1 done: {ctx.stage_dir(name)}")
+    if ctx.env.is_main:
+        print(f"stage 1 done: {ctx.stage_dir(name)}")
     return 0
 
 
@@ -173,7 +174,8 @@ def cmd_train_labs(args) -> int:
     ctx = _context(args)
     r = _run_jobs(ctx, ["labs"])["labs"]
     best = max(h["val_lab_macro_auroc"] for h in r["history"])
-    print(f"stage 2 done: {ctx.stage_dir('labs')} (validation lab macro AUROC {best:.3f})")
+    if ctx.env.is_main:
+        print(f"stage 2 done: {ctx.stage_dir('labs')} (validation lab macro AUROC {best:.3f})")
     return 0
 
 
@@ -195,7 +197,8 @@ BASELINE_JOBS = {"signal-only": ["signal_only"], "multimodal": ["multimodal"], "
 def cmd_baseline(args) -> int:
     ctx = _context(args)
     _run_jobs(ctx, BASELINE_JOBS[args.kind])
-    print(f"baseline {args.kind} done: {ctx.run_dir / 'stages'}")
+    if ctx.env.is_main:
+        print(f"baseline {args.kind} done: {ctx.run_dir / 'stages'}")
     return 0
 
 

@@ -15,6 +15,7 @@ epoch checkpoint, and the final results equal those of an uninterrupted run (eve
 from the seed and the job's name)."""
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -63,6 +64,7 @@ def ensure_store(cfg: dict, run_dir: Path, data_dir, env, progress: bool = True)
     if data_dir is not None and (Path(data_dir) / "manifest.json").is_file():
         return Path(data_dir)
     store = run_dir / "data" / "store"
+    progress = progress and sys.stderr.isatty()  # bars only on a terminal, never in a log file
     if env.is_main and not (store / "manifest.json").is_file():
         if data_dir is None:
             from ..data.synth import generate
@@ -70,7 +72,8 @@ def ensure_store(cfg: dict, run_dir: Path, data_dir, env, progress: bool = True)
             raw = run_dir / "data" / "raw"
             if not (raw / ".complete").is_file():
                 print(f"generating the synthetic dataset ({cfg['data']['synth_patients']} patients) into {raw}")
-                generate(raw, patients=int(cfg["data"]["synth_patients"]), seed=int(cfg["data"]["synth_seed"]))
+                generate(raw, patients=int(cfg["data"]["synth_patients"]), seed=int(cfg["data"]["synth_seed"]),
+                         progress=progress)
                 (raw / ".complete").write_text("ok\n")
             data_dir = raw
         elif not Path(data_dir).is_dir():
