@@ -6,6 +6,7 @@ import torch
 
 import ecgkt
 from ecgkt.errors import ECGKTError
+from ecgkt.predict.inference import Predictor, RecordResult
 from ecgkt.models import (ECG_ENCODER_SIZES, ContrastiveModel, ECGEncoder, ECGKTModel, MultimodalModel,
                           TabularEncoder, TabularNormalizer)
 
@@ -107,15 +108,23 @@ def test_predict_maps_leads_by_name_and_int16_gain():
     shuffled = [leads[i].lower() for i in order]
     p1 = model.predict(mv, 500, leads)
     p2 = model.predict(mv[order], 500, shuffled)
-    for k in p1.diagnoses:
-        assert p1.diagnoses[k] == pytest.approx(p2.diagnoses[k], abs=1e-6)
+    assert isinstance(p1, RecordResult)  # the one result type, as Predictor and `ecgkt predict` give
+    dx1, dx2 = dict(p1.diagnoses), dict(p2.diagnoses)
+    for k in dx1:
+        assert dx1[k] == pytest.approx(dx2[k], abs=1e-6)
     adc = torch.round(mv * 200).to(torch.int16)
     p3 = model.predict(adc, 500, leads, gain=torch.full((12,), 200.0), baseline=torch.zeros(12))
-    for k in p1.labs:
-        assert p1.labs[k] == pytest.approx(p3.labs[k], abs=2e-3)
-    assert set(p1.diagnoses) == {"afib", "lbbb", "stemi"} and all(0 <= v <= 1 for v in p1.diagnoses.values())
+    labs3 = {f.output: f.probability for f in p3.labs}
+    for f in p1.labs:
+        assert f.probability == pytest.approx(labs3[f.output], abs=2e-3)
+    assert set(dx1) == {"afib", "lbbb", "stemi"} and all(0 <= v <= 1 for v in dx1.values())
+    assert p1.to_dict() == Predictor(model).predict(mv, 500, leads).to_dict()
     batch = model.predict(torch.stack([mv, mv]), 500, leads)
-    assert len(batch) == 2 and batch[0].top_diagnoses(1)[0][0] in p1.diagnoses
+    assert len(batch) == 2 and batch[0].to_dict()["diagnoses"] == p1.to_dict()["diagnoses"]
+    # per-record gains in a batch; the model's mode is left as it was
+    model.train()
+    both = model.predict(torch.stack([adc, adc]), 500, leads, gain=torch.full((2, 12), 200.0))
+    assert model.training and both[1].to_dict()["labs"] == p3.to_dict()["labs"]
 
 
 def test_predict_rejects_missing_leads():

@@ -36,4 +36,4 @@ def test_readme_snippet_runs_as_written(tmp_path, monkeypatch):
     assert len(lines) == 1 + 4 and all(re.match(r"\d\.\d\d  \S", ln) for ln in lines[1:])  # the model has 4 labels
     res = scope["out"]
     assert tuple(res.signal.shape) == (12, 1000) and res.repaired.shape == res.flat.shape == (12,)
-    assert set(scope["pred"].labs) == set(scope["model"].lab_label_names)
+    assert {f.output for f in scope["pred"].labs} == set(scope["model"].lab_label_names)

@@ -85,22 +85,6 @@ class MultimodalModel(nn.Module):
         return self.dx_head(h)
 
 
-@dataclasses.dataclass
-class Prediction:
-    """One record's output: probabilities keyed by label name, and the leads the preprocessing repaired."""
-
-    diagnoses: dict
-    labs: dict
-    repaired_leads: list
-    flat_leads: list
-
-    def top_diagnoses(self, k: int = 5):
-        return sorted(self.diagnoses.items(), key=lambda kv: -kv[1])[:k]
-
-    def to_dict(self):
-        return dataclasses.asdict(self)
-
-
 class ECGKTModel(nn.Module):
     """ECG-only model: encoder -> (diagnosis head, lab-abnormality head)."""
 
@@ -250,23 +234,42 @@ class ECGKTModel(nn.Module):
         return torch.sigmoid(out["dx_logits"]).cpu(), torch.sigmoid(out["lab_logits"]).cpu(), info
 
     def predict(self, signal, fs, leads=STANDARD_LEADS, gain=None, baseline=None):
-        """Diagnosis and lab-abnormality probabilities with names: a Prediction, or a list for a batch."""
-        batched = (signal.ndim if hasattr(signal, "ndim") else np.asarray(signal).ndim) == 3
+        """One record ``[leads, T]`` (float mV, NaN = missing; or integer ADC units with ``gain`` and
+        ``baseline``, scalars or per lead) -> a ``RecordResult`` (ecgkt.predict.inference): diagnoses and lab
+        findings by name, most probable first, the repaired and flat leads, warnings. A batch ``[B, leads, T]``
+        (``gain``/``baseline`` per lead or ``[B, leads]``) -> a list of them. Leads are matched by name, in any
+        order. The same path as ``ecgkt predict`` (windows, repair, the same checks); a record that cannot be
+        used raises RecordError. For many records build one ``Predictor`` and reuse it."""
+        from ..predict.inference import Predictor
+        from ..errors import RecordError
+        from ..predict.inputs import Failure, ecg_record_from_array
+
+        arr = signal.detach().cpu().numpy() if torch.is_tensor(signal) else np.asarray(signal)
+        if arr.ndim not in (2, 3):
+            raise ECGKTError(f"signal must be [leads, samples] or [records, leads, samples], got shape {arr.shape}")
+        if arr.shape[-2] != len(leads):
+            raise ECGKTError(f"signal has {arr.shape[-2]} leads but {len(leads)} lead names were given")
+        self.lead_index(leads)  # every lead the model needs is there
+
+        def per_record(v, b):
+            v = None if v is None else (v.detach().cpu().numpy() if torch.is_tensor(v) else np.asarray(v))
+            return v[b] if v is not None and arr.ndim == 3 and v.ndim == 2 else v
+
         was_training = self.training
-        self.eval()
         try:
-            dx, lab, info = self.predict_proba(signal, fs, leads, gain, baseline)
+            predictor = Predictor(self, device=next(self.parameters()).device)
+            if arr.ndim == 2:
+                return predictor.predict(arr, fs, leads, gain=per_record(gain, 0), baseline=per_record(baseline, 0))
+            names = [f"record {b}" for b in range(arr.shape[0])]
+            records = [ecg_record_from_array(arr[b], fs, list(leads), names[b], gain=per_record(gain, b),
+                                             baseline=per_record(baseline, b)) for b in range(arr.shape[0])]
+            results = predictor.predict_records(records, names)
         finally:
             self.train(was_training)
-        results = []
-        for b in range(dx.shape[0]):
-            results.append(Prediction(
-                diagnoses={n: float(p) for n, p in zip(self.dx_names, dx[b])},
-                labs={n: float(p) for n, p in zip(self.lab_label_names, lab[b])},
-                repaired_leads=[self.leads[i] for i in torch.nonzero(info.repaired[b].cpu()).flatten().tolist()],
-                flat_leads=[self.leads[i] for i in torch.nonzero(info.flat[b].cpu()).flatten().tolist()],
-            ))
-        return results if batched else results[0]
+        for r in results:
+            if isinstance(r, Failure):
+                raise RecordError(r.name, r.problem)
+        return results
 
 
 def _md(text) -> str:
