@@ -66,6 +66,15 @@ def remove_stale_temps(folder, name: str | None = None) -> list[Path]:
     return removed
 
 
+def format_bytes(n: float) -> str:
+    """A size for people: 86.4 kB, 1.2 GB (SI units, as disk tools print them)."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.3g} TB"
+
+
 def describe_os_error(e: OSError, path=None) -> str:
     """One line for a failed file operation: the file, then the problem in words."""
     where = path if path is not None else (e.filename if e.filename is not None else "")

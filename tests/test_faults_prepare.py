@@ -424,3 +424,46 @@ def test_out_naming_a_file_is_one_line(tmp_path):
     assert_one_line(r, "file")
     assert (tmp_path / "file").read_text() == "x"
     assert error_lines(r["err"])
+
+
+# ------------------------------------------------------------- a real full disk: a small tmpfs
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A tmpfs mounted on a folder, resized by the test (mounting needs root: skipped with the reason otherwise)."""
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {(r.stderr or r.stdout).strip()}")
+
+    def resize(size: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(mnt)], check=True)
+
+    yield mnt, resize
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+# tmpfs sizes at which the tiny store (about 124 kB) runs out in each phase: the cohort table, creating the
+# signal file, the chunk files, the final gains and cohort files (found by trying sizes, 4 kB pages)
+FULL_AT = [("8k", "the cohort table", 1), ("96k", "the signal file", 2), ("128k", "the chunk files", 1),
+           ("136k", "the chunk files", 2), ("144k", "the final gains", 1), ("152k", "the final cohort", 2)]
+
+
+@pytest.mark.parametrize("size,phase,workers", FULL_AT)
+def test_prepare_on_a_real_full_disk_is_one_line_and_resumes_to_the_same_store(reference_store, small_tmpfs,
+                                                                               size, phase, workers):
+    """No fault injection: `ecgkt prepare` writes into a tmpfs of `size`. One line naming the file and the lack
+    of space, no hang, no traceback; then the disk grows and the same command finishes the identical store."""
+    d = reference_store
+    mnt, resize = small_tmpfs
+    resize(size)
+    cmd = _prepare_cmd(d / "data", mnt / "store", workers)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    line = assert_one_line({"rc": r.returncode, "err": r.stderr}, "space", str(mnt / "store"))
+    assert not (mnt / "store" / "manifest.json").exists(), line
+    resize("64m")
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    for name in STORE_FILES:
+        assert (mnt / "store" / name).read_bytes() == (d / "reference" / name).read_bytes(), (phase, name)
+    assert not [p for p in (mnt / "store").rglob("*") if ".tmp" in p.name]

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ECGKTError, RecordError
-from ..io import atomic_write, atomic_write_json, describe_os_error, read_json, temp_path
+from ..io import atomic_write, atomic_write_json, describe_os_error, format_bytes, read_json, temp_path
 from .mimic import Cohort, CohortConfig, build_cohort, find_roots
 from .wfdb_io import INVALID, STANDARD_LEADS, ECGRecord, read_header, read_record, validate_record
 
@@ -262,8 +262,8 @@ def _allocate(path: Path, nbytes: int) -> None:
         tmp.unlink(missing_ok=True)
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             free = shutil.disk_usage(path.parent).free
-            raise ECGKTError(f"{path}: not enough disk space for the signal store ({nbytes / 1e9:.3g} GB "
-                             f"needed, {free / 1e9:.3g} GB free)") from None
+            raise ECGKTError(f"{path}: not enough disk space for the signal store ({format_bytes(nbytes)} "
+                             f"needed, {format_bytes(free)} free)") from None
         raise ECGKTError(f"cannot write {describe_os_error(e, path)}") from None
 
 
