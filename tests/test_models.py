@@ -62,7 +62,11 @@ def test_contrastive_and_multimodal_forward():
     cm = ContrastiveModel(ECGEncoder("tiny"), 5, 32, 16, 2, 0.0, 0.07)
     e, t = cm(torch.randn(4, 12, 200), torch.randn(4, 5), torch.ones(4, 5, dtype=torch.bool))
     assert e.shape == t.shape == (4, 32)
-    torch.testing.assert_close(e.norm(dim=1), torch.ones(4))
+    # the projections are normalised once, by the loss: rescaling them changes nothing
+    from ecgkt import losses
+
+    scale = cm.logit_scale.exp()
+    torch.testing.assert_close(losses.clip_loss(e, t, scale), losses.clip_loss(3 * e, 0.5 * t, scale))
     mm = MultimodalModel(ECGEncoder("tiny"), 5, 3, 16, 2, 0.0, 0.0, prior=torch.tensor([0.1, 0.5, 0.9]))
     assert mm(torch.randn(4, 12, 200), torch.randn(4, 5), torch.ones(4, 5, dtype=torch.bool)).shape == (4, 3)
 

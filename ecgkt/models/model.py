@@ -65,9 +65,8 @@ class ContrastiveModel(nn.Module):
         self.logit_bias = nn.Parameter(torch.tensor(-10.0))  # used by SigLIP only
 
     def forward(self, x, tab, tab_mask):
-        e = nn.functional.normalize(self.ecg_proj(self.ecg_encoder(x)), dim=-1)
-        t = nn.functional.normalize(self.tab_proj(self.tab_encoder(tab, tab_mask)), dim=-1)
-        return e, t
+        """The two projections, not normalised: ecgkt.losses L2-normalises them, once, in float32."""
+        return self.ecg_proj(self.ecg_encoder(x)), self.tab_proj(self.tab_encoder(tab, tab_mask))
 
 
 class MultimodalModel(nn.Module):

@@ -18,7 +18,8 @@ class ECGViewsModel(nn.Module):
         self.logit_bias = nn.Parameter(torch.tensor(-10.0))  # used by SigLIP only
 
     def embed(self, x):
-        return nn.functional.normalize(self.ecg_proj(self.ecg_encoder(x)), dim=-1)
+        """The projection, not normalised: ecgkt.losses L2-normalises it, once, in float32."""
+        return self.ecg_proj(self.ecg_encoder(x))
 
     def forward(self, view_a, view_b):
         return self.embed(view_a), self.embed(view_b)
