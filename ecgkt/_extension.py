@@ -78,3 +78,7 @@ def warn_fallback(op: str) -> None:
 
 
 _load()
+# whatever the compiled library lacks is defined from Python; the ops' modules register the references
+from .ops import schemas as _schemas  # noqa: E402
+
+_schemas.define_missing()

@@ -38,12 +38,9 @@ def _cpu_backend(op: str, ext) -> str:
 
 
 def _cuda_backend(op: str, ext, triton: dict, gpus: list) -> str:
-    from .ops import contrastive
+    from .ops import contrastive, preprocess
 
-    if op == "preprocess":
-        compiled = ext.has_kernel(op, "CUDA")
-    else:
-        compiled = ext.has_kernel(op, "CUDA") and op not in contrastive.TRITON_ON_CUDA
+    compiled = ext.has_kernel(op, "CUDA") and op not in contrastive.TRITON_ON_CUDA | preprocess.TRITON_ON_CUDA
     if compiled:
         what = "compiled CUDA (ecgkt._C)"
     elif triton["installed"]:

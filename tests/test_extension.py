@@ -62,3 +62,76 @@ def test_spec_constants_agree_between_python_and_cpp():
         text = (pathlib.Path(__file__).resolve().parents[1] / "csrc" / "preprocess" / source).read_text()
         code = "\n".join(line.split("//")[0] for line in text.splitlines())
         assert not re.search(r"32768|1e-6|1e-8|1\.4826", code), source
+
+
+def _registry_schemas() -> dict:
+    """The m.def(...) schemas of csrc/registry.cpp (adjacent C string literals joined)."""
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).resolve().parents[1] / "csrc" / "registry.cpp").read_text()
+    defs = re.findall(r"m\.def\(\s*((?:\"[^\"]*\"\s*)+)\)", text)
+    schemas = ["".join(re.findall(r"\"([^\"]*)\"", d)) for d in defs]
+    return {s.split("(", 1)[0]: s for s in schemas}
+
+
+def test_python_schemas_equal_the_cpp_registry_and_the_loaded_ops():
+    import torch
+
+    from ecgkt.ops import schemas
+
+    assert _registry_schemas() == schemas.SCHEMAS
+    for op, schema in schemas.SCHEMAS.items():
+        loaded = getattr(torch.ops.ecgkt, op).default._schema
+        assert str(loaded) == str(torch._C.parse_schema("ecgkt::" + schema)), op
+
+
+# Without ecgkt._C: the schemas come from Python, the references are the ops' CPU kernels, and the whole
+# path (fake kernels, autograd, opcheck) is the registered one, equal to the float64 references.
+_FALLBACK = r'''
+import warnings
+import torch
+warnings.simplefilter("ignore")
+import ecgkt
+from ecgkt import _extension, losses
+from ecgkt.ops import contrastive, schemas
+from ecgkt.ops.preprocess import _design_tensors, filter_design, preprocess_reference
+assert not _extension.available and schemas.DEFINED_HERE == set(schemas.SCHEMAS), schemas.DEFINED_HERE
+assert not contrastive.HAS_OPS
+g = torch.Generator().manual_seed(5)
+a = torch.nn.functional.normalize(torch.randn(37, 20, generator=g), dim=-1)
+b = torch.nn.functional.normalize(torch.randn(45, 20, generator=g), dim=-1)
+s, t, gr, gc = torch.tensor(9.0), torch.tensor(-2.0), torch.randn(37, generator=g), torch.randn(45, generator=g)
+req = [x.clone().requires_grad_() for x in (a, b, s, t)]
+torch.library.opcheck(torch.ops.ecgkt.clip_block_lse.default, tuple(req[:3]))
+torch.library.opcheck(torch.ops.ecgkt.siglip_block.default, tuple(req))
+row, col = torch.ops.ecgkt.clip_block_lse(a, b, s)
+torch.library.opcheck(torch.ops.ecgkt.clip_block_lse_backward.default, (a, b, s, row, col, gr, gc))
+torch.library.opcheck(torch.ops.ecgkt.siglip_block_backward.default, (a, b, s, t, gr))
+x = torch.randn(7, 403, generator=g).cumsum(1) * 0.05 + 0.3
+key = (500.0, 0.5, 100.0, 60.0, 360.0)
+d = filter_design(*key)
+sos, zi, fir = _design_tensors(key, "cpu")
+args = (x, torch.ones(7), torch.zeros(7), sos, zi, d.padlen, fir, d.up, d.down, 2)
+torch.library.opcheck(torch.ops.ecgkt.preprocess.default, args)
+out, flags = torch.ops.ecgkt.preprocess(*args)
+ref, ref_flags = preprocess_reference(*args)
+assert torch.equal(out, ref) and torch.equal(flags, ref_flags)
+assert torch.allclose(ecgkt.preprocess(x, 500.0, target_fs=360.0, normalize="robust"), ref)
+for kind in ("clip", "siglip"):
+    ins = [v.clone().requires_grad_() for v in (a, b[:37] + 0.1 * a, s, t)][: 4 if kind == "siglip" else 3]
+    loss = (losses.siglip_loss if kind == "siglip" else losses.clip_loss)(*ins)
+    grads = torch.autograd.grad(loss, ins)
+    dbl = [v.double().requires_grad_() for v in ins]
+    want = (losses.naive_siglip_loss if kind == "siglip" else losses.naive_clip_loss)(*dbl)
+    want_grads = torch.autograd.grad(want, dbl)
+    assert abs(float(loss) - float(want)) < 1e-5, (kind, float(loss), float(want))
+    assert all(torch.allclose(x.double(), y, atol=1e-5) for x, y in zip(grads, want_grads)), kind
+print("ok")
+'''
+
+
+def test_without_the_extension_the_references_are_registered_kernels():
+    env = dict(os.environ, ECGKT_DISABLE_EXTENSION="1")
+    r = subprocess.run([sys.executable, "-c", _FALLBACK], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]

@@ -27,6 +27,7 @@ import warnings
 import torch
 
 from .. import _extension
+from . import schemas
 
 _OPS = ("clip_block_lse", "clip_block_lse_backward", "siglip_block", "siglip_block_backward")
 
@@ -94,7 +95,7 @@ def reference(op: str, *args):
 # ----------------------------------------------------------------------------------------------
 # Registered ops: fake kernels, autograd, CUDA (Triton) kernels
 # ----------------------------------------------------------------------------------------------
-# False when the extension is missing or was built before these ops existed
+# True when every op has a compiled CPU kernel (ecgkt._C); without them the references below are the kernels
 HAS_OPS = all(_extension.has_kernel(op, "CPU") for op in _OPS)
 # ops whose CUDA kernel is cuda_kernel() (Triton, else the reference) rather than compiled C++/CUDA
 TRITON_ON_CUDA: set[str] = set()
@@ -149,7 +150,23 @@ def cuda_kernel(op: str):
     return run
 
 
-if HAS_OPS:
+def cpu_fallback_kernel(op: str):
+    """The CPU kernel of ``op`` when ecgkt._C has none: the reference, with the one-time fallback warning."""
+
+    def run(*args):
+        _extension.warn_fallback(op)
+        return reference(op, *args)
+
+    return run
+
+
+def _register() -> None:
+    for op in _OPS:
+        if not schemas.has_kernel(op, "CPU"):
+            torch.library.register_kernel(f"ecgkt::{op}", "cpu", cpu_fallback_kernel(op))
+        if not schemas.has_kernel(op, "CUDA"):  # a compiled CUDA kernel would win
+            torch.library.register_kernel(f"ecgkt::{op}", "cuda", cuda_kernel(op))
+            TRITON_ON_CUDA.add(op)
 
     @torch.library.register_fake("ecgkt::clip_block_lse")
     def _(a, b, scale):
@@ -170,44 +187,13 @@ if HAS_OPS:
     torch.library.register_autograd("ecgkt::clip_block_lse", _clip_backward, setup_context=_clip_setup)
     torch.library.register_autograd("ecgkt::siglip_block", _siglip_backward, setup_context=_siglip_setup)
 
-    def _register_cuda() -> None:
-        for op in _OPS:
-            if not _extension.has_kernel(op, "CUDA"):  # a compiled CUDA kernel would win
-                torch.library.register_kernel(f"ecgkt::{op}", "cuda", cuda_kernel(op))
-                TRITON_ON_CUDA.add(op)
 
-    _register_cuda()
-
-
-class _ReferenceClipBlock(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, a, b, scale):
-        out = reference("clip_block_lse", a, b, scale)
-        ctx.save_for_backward(a, b, scale, *out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_row, grad_col):
-        return _clip_backward(ctx, grad_row, grad_col)
-
-
-class _ReferenceSiglipBlock(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, a, b, scale, bias):
-        ctx.save_for_backward(a, b, scale, bias)
-        return reference("siglip_block", a, b, scale, bias)
-
-    @staticmethod
-    def backward(ctx, grad_row):
-        return _siglip_backward(ctx, grad_row)
+_register()
 
 
 def run_op(op: str, *args):
-    """Runs one registered op (no autograd), or its reference when the extension is missing."""
-    if HAS_OPS:
-        return getattr(torch.ops.ecgkt, op)(*args)
-    _extension.warn_fallback(op)
-    return reference(op, *args)
+    """Runs one registered op (its kernel for the inputs' device: compiled, Triton or the reference)."""
+    return getattr(torch.ops.ecgkt, op)(*args)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -215,18 +201,12 @@ def run_op(op: str, *args):
 # ----------------------------------------------------------------------------------------------
 def clip_block_lse(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor):
     """Per-row and per-column log-sum-exp of ``scale * a @ b.T`` (see the module docstring)."""
-    if HAS_OPS:
-        return torch.ops.ecgkt.clip_block_lse(a, b, scale)
-    _extension.warn_fallback("clip_block_lse")
-    return _ReferenceClipBlock.apply(a, b, scale)
+    return torch.ops.ecgkt.clip_block_lse(a, b, scale)
 
 
 def siglip_block(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor):
     """Per-row sums of ``softplus(scale * a @ b.T + bias)`` (see the module docstring)."""
-    if HAS_OPS:
-        return torch.ops.ecgkt.siglip_block(a, b, scale, bias)
-    _extension.warn_fallback("siglip_block")
-    return _ReferenceSiglipBlock.apply(a, b, scale, bias)
+    return torch.ops.ecgkt.siglip_block(a, b, scale, bias)
 
 
 def clip_block_lse_backward(a, b, scale, row_lse, col_lse, grad_row, grad_col):

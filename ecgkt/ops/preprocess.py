@@ -40,6 +40,7 @@ from torch import nn
 
 from .. import _extension
 from ..errors import ECGKTError
+from . import schemas
 
 __all__ = ["preprocess", "PreprocessResult", "filter_design", "FilterDesign", "response_requirements",
            "measure_response"]
@@ -317,7 +318,26 @@ def _output_length(t: int, up: int, down: int) -> int:
     return -(-t * up // down)
 
 
-if _extension.available:
+def _cpu_fallback_kernel(*args):
+    """The CPU kernel of ecgkt::preprocess when ecgkt._C has none: the float64 reference, warning once."""
+    _extension.warn_fallback("preprocess")
+    return preprocess_reference(*args)
+
+
+def _cuda_triton_kernel(*args):
+    """The CUDA kernel of ecgkt::preprocess when ecgkt._C was built without CUDA: the Triton kernels."""
+    return _run_triton(*args)
+
+
+TRITON_ON_CUDA: set[str] = set()  # {"preprocess"} when its CUDA kernel is Triton (ecgkt._C has none)
+
+
+def _register() -> None:
+    if not schemas.has_kernel("preprocess", "CPU"):
+        torch.library.register_kernel("ecgkt::preprocess", "cpu", _cpu_fallback_kernel)
+    if not schemas.has_kernel("preprocess", "CUDA"):
+        torch.library.register_kernel("ecgkt::preprocess", "cuda", _cuda_triton_kernel)
+        TRITON_ON_CUDA.add("preprocess")
 
     @torch.library.register_fake("ecgkt::preprocess")
     def _preprocess_fake(signal, gain, baseline, sos, zi, padlen, fir, up, down, normalize):
@@ -334,6 +354,9 @@ if _extension.available:
         raise RuntimeError("ecgkt::preprocess is not differentiable")
 
     torch.library.register_autograd("ecgkt::preprocess", _backward, setup_context=_setup_context)
+
+
+_register()
 
 
 def measure_response(fs: float, freqs, *, dtype=torch.float32, backend="auto", **settings) -> np.ndarray:
@@ -447,11 +470,8 @@ def preprocess(signal, fs, *, highpass=0.5, lowpass=100.0, notch=60.0, target_fs
     x = signal.detach().reshape(b * l, t).contiguous()
     device = x.device
 
-    if backend == "auto":
-        if device.type == "cuda":
-            backend = "cuda" if _extension.has_kernel("preprocess", "CUDA") else "triton"
-        else:
-            backend = "cpu"
+    if backend == "auto":  # the dispatcher picks the kernel: compiled, else Triton (CUDA) or the reference (CPU)
+        backend = "dispatch"
     if backend == "cuda" and device.type != "cuda":
         raise ECGKTError(f"backend='cuda' needs a CUDA tensor; signal is on {device}")
     if backend == "cpu" and device.type != "cpu":
@@ -463,9 +483,9 @@ def preprocess(signal, fs, *, highpass=0.5, lowpass=100.0, notch=60.0, target_fs
             warnings.warn(f"ecgkt: ecgkt._C has no {backend.upper()} kernel for preprocess (built with "
                           f"CUDA={_extension.build_info.get('with_cuda')}); using the float64 reference",
                           RuntimeWarning, stacklevel=2)
+            backend = "reference"
         else:
-            _extension.warn_fallback("preprocess")
-        backend = "reference"
+            backend = "dispatch"  # the registered fallback kernel (it warns once)
 
     sos, zi, fir = _design_tensors(key, str(device))
     args = (x, g.to(device), z.to(device), sos, zi, design.padlen, fir, design.up, design.down,
