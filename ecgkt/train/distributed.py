@@ -55,9 +55,11 @@ def _init_process_group(backend: str) -> None:
 
     After torchrun --max-restarts restarts a group, the workers can meet the previous attempt's keys in
     the agent's store; gloo then dials the dead ranks' addresses and waits out its timeout (30 min) in
-    connectFullMesh (seen in 1 of 3 restarts here). A prefix per attempt keeps each attempt's keys apart."""
+    connectFullMesh (4 of 8 restarts here). A prefix per attempt keeps each attempt's keys apart. Only on one
+    node: there one agent starts every rank with the same restart count, whereas on several nodes the agents
+    count restarts separately (a healthy node's agent restarts without counting), so ranks would disagree."""
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
-    if attempt is None:
+    if attempt is None or os.environ.get("GROUP_WORLD_SIZE", "1") != "1":
         dist.init_process_group(backend)
         return
     store, rank, world = next(dist.rendezvous("env://"))
