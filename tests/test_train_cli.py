@@ -60,3 +60,57 @@ def test_pipeline_cli_resume_gives_same_results(tmp_path, capsys):
 
     model = ECGKTModel.from_pretrained(tmp_path / "b/model")
     assert set(full["dx_names"]) <= set(model.dx_names) and model.config["preprocessing"]["target_fs"] == 50
+
+
+# ------------------------------------------------------------------ kill -9 of `ecgkt pipeline`
+def _pipeline_argv(run, *extra):
+    import sys
+
+    return [sys.executable, "-m", "ecgkt.cli"] + _cmd(run, *extra)
+
+
+def _kill_after(argv, lines: int, delay: float) -> int:
+    """Runs argv in its own session; SIGKILLs the whole group `delay` s after its `lines`-th training-log line.
+    Returns how many such lines were seen (the run may also end first)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+                         env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    seen = 0
+    for line in p.stdout:
+        seen += line.startswith("[") and " epoch=" in line
+        if seen >= lines:
+            break
+    time.sleep(delay)
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    p.wait(timeout=120)
+    p.stdout.close()
+    return seen
+
+
+def test_kill_9_at_random_points_of_the_pipeline_then_resume_gives_the_same_results(tmp_path):
+    """SIGKILL of the whole process group (main process and job workers) at two seeded random points of the
+    training; the same command then finishes with results.json equal to an uninterrupted run's."""
+    import random
+    import subprocess
+
+    ref = subprocess.run(_pipeline_argv(tmp_path / "ref"), capture_output=True, text=True, timeout=900)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    full = json.loads((tmp_path / "ref/results.json").read_text())
+    store = str(tmp_path / "ref/data/store")
+    rng = random.Random(9)
+    for k, lines in enumerate((3, 11)):
+        run = tmp_path / f"killed{k}"
+        argv = _pipeline_argv(run) + ["--data", store]
+        assert _kill_after(argv, lines, rng.uniform(0.0, 1.0)) >= lines
+        assert not (run / "results.json").exists()
+        again = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+        assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr[-3000:]
+        assert json.loads((run / "results.json").read_text()) == full, k
+        assert not [p for p in run.rglob("*") if ".tmp" in p.name]
