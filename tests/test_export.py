@@ -133,3 +133,38 @@ def test_failed_export_leaves_no_file(tmp_path, model, monkeypatch):
     with pytest.raises(RuntimeError, match="simulated"):
         export_model(model, tmp_path / "m.pt", network_only=True)
     assert list(tmp_path.iterdir()) == []
+
+
+_LOAD_WITHOUT_EXTENSION = r'''
+import sys, warnings
+import torch
+warnings.simplefilter("ignore")
+import ecgkt
+from ecgkt import _extension
+from ecgkt.predict.export import load_exported
+assert not _extension.available
+signal, gain, baseline, want_dx, want_lab = torch.load(sys.argv[2])
+got = load_exported(sys.argv[1])(signal, gain, baseline)
+torch.testing.assert_close(got[0], want_dx, rtol=1e-4, atol=1e-5)
+torch.testing.assert_close(got[1], want_lab, rtol=1e-4, atol=1e-5)
+print("ok")
+'''
+
+
+@needs_kernel
+@pytest.mark.parametrize("suffix", [".pt", ".pt2"])
+def test_an_exported_model_runs_where_the_extension_is_missing(tmp_path, model, suffix):
+    """Exported with the compiled kernels, loaded where ecgkt._C is missing: torch.ops.ecgkt.preprocess is then
+    the Python-defined op with the reference kernel, and the probabilities agree."""
+    import os
+    import subprocess
+    import sys
+
+    path = export_model(model, tmp_path / f"full{suffix}", fs=500, seconds=10)
+    signal, gain, baseline = example_inputs(model, 500, 10, batch=2, seed=3)
+    with torch.no_grad():
+        want = load_exported(path)(signal, gain, baseline)
+    torch.save((signal, gain, baseline, want[0], want[1]), tmp_path / "io.pt")
+    r = subprocess.run([sys.executable, "-c", _LOAD_WITHOUT_EXTENSION, str(path), str(tmp_path / "io.pt")],
+                       env=dict(os.environ, ECGKT_DISABLE_EXTENSION="1"), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
