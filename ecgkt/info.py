@@ -38,9 +38,9 @@ def _cpu_backend(op: str, ext) -> str:
 
 
 def _cuda_backend(op: str, ext, triton: dict, gpus: list) -> str:
-    from .ops import contrastive, preprocess
+    from .ops import schemas
 
-    compiled = ext.has_kernel(op, "CUDA") and op not in contrastive.TRITON_ON_CUDA | preprocess.TRITON_ON_CUDA
+    compiled = ext.has_kernel(op, "CUDA") and op not in schemas.TRITON_ON_CUDA
     if compiled:
         what = "compiled CUDA (ecgkt._C)"
     elif triton["installed"]:

@@ -64,3 +64,26 @@ def strict_json(text: str):
         raise ValueError(f"non-strict JSON token {token}")
 
     return json.loads(text, parse_constant=refuse)
+
+
+def kill_group_after(cmd, lines: int, delay: float, counts=lambda line: True) -> int:
+    """Start cmd in its own process group; kill -9 the whole group `delay` s after the `lines`-th stdout line
+    for which `counts(line)` holds (or at its end). Returns how many such lines were seen."""
+    import signal
+    import time
+
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+                         env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    seen = 0
+    for line in p.stdout:
+        seen += bool(counts(line))
+        if seen >= lines:
+            break
+    time.sleep(delay)
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    p.wait(timeout=120)
+    p.stdout.close()
+    return seen

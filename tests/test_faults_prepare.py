@@ -4,7 +4,6 @@ import gzip
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ import pytest
 from data_tiny import random_frames, record_rel_path, write_mimic_record, write_tiny
 from ecgkt.data import CohortConfig, prepare
 from ecgkt.data.wfdb_io import INVALID
-from faults_helpers import assert_one_line, error_lines, run_cases
+from faults_helpers import assert_one_line, error_lines, kill_group_after, run_cases
 
 LOOSE = ["--min-lab-count", "1", "--dx-min-count", "1"]
 STORE_FILES = ("signals.int16", "gains.npy", "baselines.npy", "cohort.parquet", "meta.json", "skipped.csv",
@@ -353,24 +352,6 @@ def _prepare_cmd(data, out, workers):
             "--chunk-size", "1", "--workers", str(workers), *LOOSE]
 
 
-def _kill_at(cmd, after_lines, delay):
-    """Start cmd in its own process group, kill -9 the group `delay` s after its `after_lines`-th line."""
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
-                         env=dict(os.environ, PYTHONWARNINGS="ignore"))
-    seen = 0
-    for line in p.stdout:
-        seen += 1
-        if seen >= after_lines:
-            break
-    time.sleep(delay)
-    try:
-        os.killpg(p.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    p.wait(timeout=60)
-    p.stdout.close()
-
-
 @pytest.fixture(scope="module")
 def reference_store(tmp_path_factory):
     d = tmp_path_factory.mktemp("kill")
@@ -390,7 +371,7 @@ def test_kill_9_anywhere_then_resume_is_byte_identical(reference_store, lines, w
     d = reference_store
     out = d / f"killed_{lines}_{workers}"
     delay = random.Random(lines * 10 + workers).uniform(0.0, 0.4)
-    _kill_at(_prepare_cmd(d / "data", out, workers), lines, delay)
+    kill_group_after(_prepare_cmd(d / "data", out, workers), lines, delay)
     r = subprocess.run(_prepare_cmd(d / "data", out, 2), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     for name in STORE_FILES:

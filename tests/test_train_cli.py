@@ -6,6 +6,7 @@ import pytest
 
 from ecgkt.cli import main
 from ecgkt.train.engine import InjectedFailure
+from faults_helpers import kill_group_after
 
 TINY = ["data.synth_patients=200", "preprocessing.target_fs=50", "preprocessing.train_crop_seconds=2.0",
         "pretrain.epochs=2", "pretrain.batch_size=32", "labs.epochs=2", "labs.batch_size=32",
@@ -69,31 +70,6 @@ def _pipeline_argv(run, *extra):
     return [sys.executable, "-m", "ecgkt.cli"] + _cmd(run, *extra)
 
 
-def _kill_after(argv, lines: int, delay: float) -> int:
-    """Runs argv in its own session; SIGKILLs the whole group `delay` s after its `lines`-th training-log line.
-    Returns how many such lines were seen (the run may also end first)."""
-    import os
-    import signal
-    import subprocess
-    import time
-
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
-                         env=dict(os.environ, PYTHONWARNINGS="ignore"))
-    seen = 0
-    for line in p.stdout:
-        seen += line.startswith("[") and " epoch=" in line
-        if seen >= lines:
-            break
-    time.sleep(delay)
-    try:
-        os.killpg(p.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    p.wait(timeout=120)
-    p.stdout.close()
-    return seen
-
-
 def test_kill_9_at_random_points_of_the_pipeline_then_resume_gives_the_same_results(tmp_path):
     """SIGKILL of the whole process group (main process and job workers) at two seeded random points of the
     training; the same command then finishes with results.json equal to an uninterrupted run's."""
@@ -108,7 +84,8 @@ def test_kill_9_at_random_points_of_the_pipeline_then_resume_gives_the_same_resu
     for k, lines in enumerate((3, 11)):
         run = tmp_path / f"killed{k}"
         argv = _pipeline_argv(run) + ["--data", store]
-        assert _kill_after(argv, lines, rng.uniform(0.0, 1.0)) >= lines
+        training_line = lambda line: line.startswith("[") and " epoch=" in line  # noqa: E731
+        assert kill_group_after(argv, lines, rng.uniform(0.0, 1.0), counts=training_line) >= lines
         assert not (run / "results.json").exists()
         again = subprocess.run(argv, capture_output=True, text=True, timeout=900)
         assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr[-3000:]

@@ -97,8 +97,6 @@ def reference(op: str, *args):
 # ----------------------------------------------------------------------------------------------
 # True when every op has a compiled CPU kernel (ecgkt._C); without them the references below are the kernels
 HAS_OPS = all(_extension.has_kernel(op, "CPU") for op in _OPS)
-# ops whose CUDA kernel is cuda_kernel() (Triton, else the reference) rather than compiled C++/CUDA
-TRITON_ON_CUDA: set[str] = set()
 
 
 def _fake_rows(a):
@@ -166,7 +164,7 @@ def _register() -> None:
             torch.library.register_kernel(f"ecgkt::{op}", "cpu", cpu_fallback_kernel(op))
         if not schemas.has_kernel(op, "CUDA"):  # a compiled CUDA kernel would win
             torch.library.register_kernel(f"ecgkt::{op}", "cuda", cuda_kernel(op))
-            TRITON_ON_CUDA.add(op)
+            schemas.TRITON_ON_CUDA.add(op)
 
     @torch.library.register_fake("ecgkt::clip_block_lse")
     def _(a, b, scale):

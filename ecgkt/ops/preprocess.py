@@ -329,15 +329,12 @@ def _cuda_triton_kernel(*args):
     return _run_triton(*args)
 
 
-TRITON_ON_CUDA: set[str] = set()  # {"preprocess"} when its CUDA kernel is Triton (ecgkt._C has none)
-
-
 def _register() -> None:
     if not schemas.has_kernel("preprocess", "CPU"):
         torch.library.register_kernel("ecgkt::preprocess", "cpu", _cpu_fallback_kernel)
     if not schemas.has_kernel("preprocess", "CUDA"):
         torch.library.register_kernel("ecgkt::preprocess", "cuda", _cuda_triton_kernel)
-        TRITON_ON_CUDA.add("preprocess")
+        schemas.TRITON_ON_CUDA.add("preprocess")
 
     @torch.library.register_fake("ecgkt::preprocess")
     def _preprocess_fake(signal, gain, baseline, sos, zi, padlen, fir, up, down, normalize):

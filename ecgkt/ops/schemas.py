@@ -21,6 +21,7 @@ SCHEMAS = {
 }
 
 DEFINED_HERE: set[str] = set()  # ops whose schema came from this module (no compiled library defined them)
+TRITON_ON_CUDA: set[str] = set()  # ops whose CUDA kernel is registered from Python (Triton), not compiled
 _LIBRARY = None
 
 
