@@ -24,6 +24,11 @@ from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
+# The extension uses only the libtorch stable ABI (csrc/stable_api.h), compiled for this version of it:
+# one build then loads into this torch and every later one. csrc/module.cpp reports it as _C.min_torch.
+MIN_TORCH = (2, 10)
+# and Python's limited API from this version on: one abi3 binary for every later CPython
+MIN_PYTHON = (3, 10)
 
 
 def _flag(name):
@@ -64,14 +69,18 @@ def _extension():
 
     debug = _flag("ECGKT_DEBUG")
     cxx = ["-O0", "-g"] if debug else ["-O3"]
-    cxx += ["-fopenmp", "-DECGKT_TORCH_VERSION=\"%s\"" % torch.__version__]
+    stable = [
+        "-DTORCH_TARGET_VERSION=0x%02x%02x000000000000" % MIN_TORCH,
+        "-DPy_LIMITED_API=0x%02x%02x0000" % MIN_PYTHON,
+        "-DECGKT_TORCH_VERSION=\"%s\"" % torch.__version__,
+    ]
+    cxx += ["-fopenmp-simd"] + stable  # `omp simd` loops only: threads come from torch::stable::parallel_for
     nvcc = ["-O0", "-g", "-G"] if debug else ["-O3", "--use_fast_math"]
-    nvcc += ["-lineinfo"]  # the C++ standard comes from torch (C++17 or C++20 by version)
+    nvcc += ["-lineinfo"] + stable  # the C++ standard comes from torch (C++17 or C++20 by version)
     kwargs = dict(
         name="ecgkt._C",
         include_dirs=[os.path.join(ROOT, "csrc")],
-        extra_link_args=["-fopenmp"],
-        py_limited_api=False,
+        py_limited_api=True,  # no libtorch_python, and an abi3 file name
     )
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
@@ -88,7 +97,8 @@ def _extension():
         "torch": torch.__version__,
         "cuda": torch.version.cuda if with_cuda else None,
         "with_cuda": with_cuda,
-        "cxx11_abi": bool(torch._C._GLIBCXX_USE_CXX11_ABI),
+        "min_torch": "%d.%d" % MIN_TORCH,
+        "abi": "stable",
     }
     with open(os.path.join(ROOT, "ecgkt", "_build_info.json"), "w") as f:
         json.dump(info, f, indent=1)
@@ -115,5 +125,6 @@ setup(
     package_data={"ecgkt": ["_build_info.json", "configs/*.yaml", "predict/*.csv"]},
     ext_modules=[ext],
     cmdclass={"build_ext": build_ext},
+    options={"bdist_wheel": {"py_limited_api": "cp%d%d" % MIN_PYTHON}},
     zip_safe=False,
 )

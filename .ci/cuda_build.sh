@@ -35,6 +35,7 @@ for op in ("preprocess",):
 print("CUDA build OK: torch", torch.__version__, "CUDA", torch.version.cuda, "ops have CUDA kernels")
 PY
 )
+"$VENV/bin/python" "$ROOT/.ci/check_stable_abi.py" "$(ls "$SITE"/ecgkt/_C*.so)"
 # machine code for each listed arch and PTX for the highest (newer GPUs JIT it instead of failing)
 CUOBJDUMP=$(command -v cuobjdump || ls "$CUDA_HOME"/bin/cuobjdump "$SITE"/triton/backends/nvidia/bin/cuobjdump 2>/dev/null | head -1 || true)
 if [ -n "$CUOBJDUMP" ]; then

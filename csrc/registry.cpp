@@ -1,9 +1,9 @@
 // Every ecgkt op schema, in one place. Kernels register per dispatch key with
-// TORCH_LIBRARY_IMPL in csrc/<op>/{cpu.cpp,cuda.cu}; fake (meta) kernels are in
+// STABLE_TORCH_LIBRARY_IMPL in csrc/<op>/{cpu.cpp,cuda.cu}; fake (meta) kernels are in
 // ecgkt/ops/<op>.py (torch.library.register_fake).
-#include <torch/library.h>
+#include "stable_api.h"
 
-TORCH_LIBRARY(ecgkt, m) {
+STABLE_TORCH_LIBRARY(ecgkt, m) {
   // Fused ECG preprocessing; see ecgkt/ops/preprocess.py for the meaning of each argument.
   //   signal   [N, T] float16/bfloat16/float32/float64 (mV) or int16 (ADC units)
   //   gain     [N] float32, adu/mV (1 for float input); baseline [N] float32, adu

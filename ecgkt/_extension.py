@@ -1,8 +1,9 @@
 """Loads the compiled extension ``ecgkt._C`` and explains why when it cannot.
 
-``import ecgkt`` never needs a compiler: when the extension is missing, or was built
-against another torch, ecgkt warns once and the ops fall back to their pure-torch
-reference implementations (slower, same results).
+``import ecgkt`` never needs a compiler: when the extension is missing, or cannot serve the
+running torch (older than the stable-ABI version it was built for, or another CUDA major
+version), ecgkt warns once and the ops fall back to their pure-torch reference
+implementations (slower, same results).
 """
 from __future__ import annotations
 
@@ -45,15 +46,43 @@ def _load() -> None:
     reason = ""
 
 
+def _version_tuple(version: str) -> tuple[int, ...]:
+    """(2, 14) for "2.14.1+cu130"."""
+    parts = []
+    for piece in version.split("+", 1)[0].split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
 def mismatch(info: dict, torch_version: str, cuda_version: str | None) -> str:
-    """Why an extension built as ``info`` (ecgkt/_build_info.json) cannot load here ('' when it can)."""
+    """Why an extension built as ``info`` (ecgkt/_build_info.json) cannot load here ('' when it can).
+
+    A stable-ABI build (``min_torch`` in ``info``) loads into every torch from ``min_torch`` on; a CUDA
+    build also needs a CUDA build of torch with the same CUDA major version (for libcudart)."""
     built = info.get("torch")
-    if built is None or built == torch_version:
+    if built is None:
         return ""
-    return (
-        f"ecgkt._C was built for torch {built} (CUDA {info.get('cuda')}) but torch {torch_version} "
-        f"(CUDA {cuda_version}) is running; {REBUILD_HINT}"
-    )
+    minimum = info.get("min_torch")
+    if minimum is None:  # a build from before the stable ABI: only the exact torch it was built against
+        if built == torch_version:
+            return ""
+        return (
+            f"ecgkt._C was built for torch {built} (CUDA {info.get('cuda')}) but torch {torch_version} "
+            f"(CUDA {cuda_version}) is running; {REBUILD_HINT}"
+        )
+    if _version_tuple(torch_version) < _version_tuple(minimum):
+        return (
+            f"ecgkt._C needs torch >= {minimum} (it uses that version of the stable ABI) but torch "
+            f"{torch_version} is running; upgrade torch, or {REBUILD_HINT}"
+        )
+    built_cuda = info.get("cuda")
+    if info.get("with_cuda") and built_cuda and (cuda_version or "").split(".")[0] != built_cuda.split(".")[0]:
+        return (
+            f"ecgkt._C was built with CUDA {built_cuda} kernels but torch {torch_version} has CUDA "
+            f"{cuda_version}; install a torch built for CUDA {built_cuda.split('.')[0]}, or {REBUILD_HINT}"
+        )
+    return ""
 
 
 def has_kernel(op: str, dispatch_key: str) -> bool:

@@ -20,6 +20,44 @@ def test_matching_or_unknown_build_is_accepted():
     assert _extension.mismatch({}, "2.13.0+cpu", None) == ""
 
 
+def test_the_declared_torch_requirement_is_the_stable_abi_minimum():
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    major, minor = re.search(r"^MIN_TORCH = \((\d+), (\d+)\)", (root / "setup.py").read_text(), re.M).groups()
+    assert f'"torch>={major}.{minor}"' in (root / "pyproject.toml").read_text()
+
+
+def test_a_stable_abi_build_serves_every_torch_from_its_minimum():
+    cpu = {"torch": "2.13.0+cpu", "min_torch": "2.10", "with_cuda": False, "cuda": None}
+    for running in ("2.10.0", "2.13.0+cpu", "2.14.1+cu130", "3.0.0"):
+        assert _extension.mismatch(cpu, running, None) == "", running
+    msg = _extension.mismatch(cpu, "2.9.1+cu128", "12.8")
+    assert "needs torch >= 2.10" in msg and "2.9.1+cu128 is running" in msg and "\n" not in msg
+    cuda = dict(cpu, torch="2.14.1+cu130", with_cuda=True, cuda="13.0")
+    assert _extension.mismatch(cuda, "2.15.0+cu130", "13.2") == ""
+    assert "CUDA 13.0 kernels" in _extension.mismatch(cuda, "2.14.1+cu126", "12.6")
+    assert "CUDA 13.0 kernels" in _extension.mismatch(cuda, "2.14.1+cpu", None)
+
+
+@pytest.mark.skipif(os.environ.get("ECGKT_DISABLE_EXTENSION") == "1", reason="ECGKT_DISABLE_EXTENSION=1 is set")
+def test_the_loaded_library_uses_only_the_stable_abi():
+    """No ATen, c10 or libtorch_python symbol is needed by ecgkt._C (what lets it load into other torch
+    versions), and the module reports the stable-ABI version it targets."""
+    import pathlib
+    import shutil
+
+    from ecgkt import _C
+
+    assert _C.min_torch == tuple(int(v) for v in _extension.build_info["min_torch"].split("."))
+    if shutil.which("nm") is None:
+        pytest.skip("nm (binutils) is not installed")
+    check = pathlib.Path(__file__).resolve().parents[1] / ".ci" / "check_stable_abi.py"
+    r = subprocess.run([sys.executable, str(check), _C.__file__], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 @pytest.mark.skipif(os.environ.get("ECGKT_DISABLE_EXTENSION") == "1", reason="ECGKT_DISABLE_EXTENSION=1 is set")
 def test_extension_loaded_in_this_build():
     assert _extension.available, _extension.reason

@@ -1,12 +1,8 @@
 // CPU kernel of ecgkt::preprocess (schema in csrc/registry.cpp, semantics in ecgkt/ops/preprocess.py).
 // Checks the arguments, picks the widest instruction set this CPU has (AVX-512, AVX2+FMA or the x86-64
 // baseline; ECGKT_CPU_ISA=baseline|avx2|avx512 caps it), and runs the block kernel of cpu_kernel.h over
-// blocks of 16-32 rows (one row per SIMD lane) in parallel with at::parallel_for. The robust normalisation's
+// blocks of 16-32 rows (one row per SIMD lane) in parallel with torch::stable::parallel_for. The robust normalisation's
 // medians are finished here, per block, right after the block kernel (nth_element in the baseline ISA).
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -16,6 +12,7 @@
 #include <vector>
 
 #include "preprocess/cpu_params.h"
+#include "stable_api.h"
 
 namespace ecgkt {
 namespace preprocess_cpu {
@@ -24,7 +21,7 @@ namespace {
 Kernel choose_kernel(bool dbl) {
   const char* cap_env = std::getenv("ECGKT_CPU_ISA");
   const std::string cap = cap_env ? cap_env : "";
-  TORCH_CHECK(cap.empty() || cap == "baseline" || cap == "avx2" || cap == "avx512",
+  ECGKT_CHECK(cap.empty() || cap == "baseline" || cap == "avx2" || cap == "avx512",
               "ECGKT_CPU_ISA must be baseline, avx2 or avx512, got '", cap, "'");
 #if defined(__x86_64__) || defined(_M_X64)
   __builtin_cpu_init();
@@ -96,77 +93,76 @@ void* thread_scratch(size_t bytes, std::unique_ptr<void, FreeDeleter>& one_off) 
   return kept.get();
 }
 
-std::tuple<at::Tensor, at::Tensor> preprocess_cpu(const at::Tensor& signal, const at::Tensor& gain,
-                                                  const at::Tensor& baseline, const at::Tensor& sos,
-                                                  const at::Tensor& zi, int64_t padlen, const at::Tensor& fir,
-                                                  int64_t up, int64_t down, int64_t normalize) {
-  TORCH_CHECK(signal.dim() == 2, "ecgkt::preprocess: signal must be [N, T], got ", signal.sizes());
+std::tuple<Tensor, Tensor> preprocess_cpu(Tensor signal, Tensor gain, Tensor baseline, Tensor sos, Tensor zi,
+                                          int64_t padlen, Tensor fir, int64_t up, int64_t down, int64_t normalize) {
+  ECGKT_CHECK(signal.dim() == 2, "ecgkt::preprocess: signal must be [N, T], got ", shape(signal));
   const int64_t N = signal.size(0), T = signal.size(1);
-  TORCH_CHECK(T >= 1, "ecgkt::preprocess: signal needs at least one sample");
+  ECGKT_CHECK(T >= 1, "ecgkt::preprocess: signal needs at least one sample");
   int input_type;
   switch (signal.scalar_type()) {
-    case at::kHalf: input_type = kHalf; break;
-    case at::kBFloat16: input_type = kBFloat16; break;
-    case at::kFloat: input_type = kFloat; break;
-    case at::kDouble: input_type = kDouble; break;
-    case at::kShort: input_type = kInt16; break;
-    default: TORCH_CHECK(false, "ecgkt::preprocess: signal dtype must be float16/bfloat16/float32/float64/int16, got ",
-                         signal.scalar_type());
+    case ScalarType::Half: input_type = kHalf; break;
+    case ScalarType::BFloat16: input_type = kBFloat16; break;
+    case ScalarType::Float: input_type = kFloat; break;
+    case ScalarType::Double: input_type = kDouble; break;
+    case ScalarType::Short: input_type = kInt16; break;
+    default: ECGKT_CHECK(false, "ecgkt::preprocess: signal dtype must be float16/bfloat16/float32/float64/int16, got ",
+                         dtype_name(signal.scalar_type()));
   }
-  TORCH_CHECK(gain.scalar_type() == at::kFloat && gain.dim() == 1 && gain.size(0) == N,
+  ECGKT_CHECK(gain.scalar_type() == ScalarType::Float && gain.dim() == 1 && gain.size(0) == N,
               "ecgkt::preprocess: gain must be float32 [N]");
-  TORCH_CHECK(baseline.scalar_type() == at::kFloat && baseline.dim() == 1 && baseline.size(0) == N,
+  ECGKT_CHECK(baseline.scalar_type() == ScalarType::Float && baseline.dim() == 1 && baseline.size(0) == N,
               "ecgkt::preprocess: baseline must be float32 [N]");
-  TORCH_CHECK(sos.scalar_type() == at::kDouble && sos.dim() == 2 && sos.size(1) == 6,
+  ECGKT_CHECK(sos.scalar_type() == ScalarType::Double && sos.dim() == 2 && sos.size(1) == 6,
               "ecgkt::preprocess: sos must be float64 [S, 6]");
-  TORCH_CHECK(zi.scalar_type() == at::kDouble && zi.dim() == 2 && zi.size(0) == sos.size(0) && zi.size(1) == 2,
+  ECGKT_CHECK(zi.scalar_type() == ScalarType::Double && zi.dim() == 2 && zi.size(0) == sos.size(0) && zi.size(1) == 2,
               "ecgkt::preprocess: zi must be float64 [S, 2]");
-  TORCH_CHECK(fir.scalar_type() == at::kDouble && fir.dim() == 1, "ecgkt::preprocess: fir must be float64 [K]");
-  TORCH_CHECK(up >= 1 && down >= 1, "ecgkt::preprocess: up and down must be >= 1");
+  ECGKT_CHECK(fir.scalar_type() == ScalarType::Double && fir.dim() == 1, "ecgkt::preprocess: fir must be float64 [K]");
+  ECGKT_CHECK(up >= 1 && down >= 1, "ecgkt::preprocess: up and down must be >= 1");
   const bool resample = up != 1 || down != 1;
-  TORCH_CHECK(!resample || fir.size(0) % 2 == 1, "ecgkt::preprocess: fir must have an odd number of taps");
-  TORCH_CHECK(padlen >= 0, "ecgkt::preprocess: padlen must be >= 0");
-  TORCH_CHECK(normalize >= 0 && normalize <= 2, "ecgkt::preprocess: normalize must be 0, 1 or 2");
-  for (const at::Tensor* t : {&signal, &gain, &baseline, &sos, &zi, &fir})
-    TORCH_CHECK(t->device().is_cpu(), "ecgkt::preprocess (CPU kernel): all tensors must be on the CPU");
+  ECGKT_CHECK(!resample || fir.size(0) % 2 == 1, "ecgkt::preprocess: fir must have an odd number of taps");
+  ECGKT_CHECK(padlen >= 0, "ecgkt::preprocess: padlen must be >= 0");
+  ECGKT_CHECK(normalize >= 0 && normalize <= 2, "ecgkt::preprocess: normalize must be 0, 1 or 2");
+  for (const Tensor* t : {&signal, &gain, &baseline, &sos, &zi, &fir})
+    ECGKT_CHECK(t->is_cpu(), "ecgkt::preprocess (CPU kernel): all tensors must be on the CPU");
 
-  const bool dbl = signal.scalar_type() == at::kDouble;
+  const bool dbl = signal.scalar_type() == ScalarType::Double;
   const int64_t T_out = resample ? (T * up + down - 1) / down : T;
-  auto x = signal.contiguous();
-  auto g = gain.contiguous(), b = baseline.contiguous();
-  auto sos_c = sos.contiguous(), zi_c = zi.contiguous(), fir_c = fir.contiguous();
-  auto out = at::empty({N, T_out}, signal.options().dtype(dbl ? at::kDouble : at::kFloat));
-  auto flags = at::empty({N}, signal.options().dtype(at::kInt));
+  using torch::stable::contiguous;
+  const Tensor x = contiguous(signal);
+  const Tensor g = contiguous(gain), b = contiguous(baseline);
+  const Tensor sos_c = contiguous(sos), zi_c = contiguous(zi), fir_c = contiguous(fir);
+  Tensor out = torch::stable::empty({N, T_out}, dbl ? ScalarType::Double : ScalarType::Float);
+  Tensor flags = torch::stable::empty({N}, ScalarType::Int);
   if (N == 0) return {out, flags};
 
   Problem p;
-  p.x = x.data_ptr();
+  p.x = x.const_data_ptr();
   p.input_type = input_type;
   p.n_rows = N;
   p.T = T;
-  p.gain = g.data_ptr<float>();
-  p.baseline = b.data_ptr<float>();
-  p.sos = sos_c.data_ptr<double>();
-  p.zi = zi_c.data_ptr<double>();
+  p.gain = g.const_data_ptr<float>();
+  p.baseline = b.const_data_ptr<float>();
+  p.sos = sos_c.const_data_ptr<double>();
+  p.zi = zi_c.const_data_ptr<double>();
   p.S = int(sos.size(0));
   p.pad = p.S > 0 ? std::min<int64_t>(padlen, T - 1) : 0;
-  p.fir = fir_c.data_ptr<double>();
+  p.fir = fir_c.const_data_ptr<double>();
   p.K = fir.size(0);
   p.up = up;
   p.down = down;
   p.T_out = T_out;
   p.zscore = normalize == 1;
-  p.out = out.data_ptr();
-  p.flags = flags.data_ptr<int32_t>();
+  p.out = out.mutable_data_ptr();
+  p.flags = flags.mutable_data_ptr<int32_t>();
 
   const Kernel kernel = choose_kernel(dbl);
   const int64_t rows = kernel.rows;
   const int64_t n_blocks = (N + rows - 1) / rows;
   const size_t bytes = size_t((scratch_bytes(p, dbl, rows) + 63) / 64 * 64);
-  at::parallel_for(0, n_blocks, 1, [&](int64_t b0, int64_t b1) {
+  torch::stable::parallel_for(0, n_blocks, 1, [&](int64_t b0, int64_t b1) {
     std::unique_ptr<void, FreeDeleter> one_off;
     void* scratch = thread_scratch(bytes, one_off);
-    TORCH_CHECK(scratch, "ecgkt::preprocess: out of memory for a ", bytes, "-byte scratch buffer");
+    ECGKT_CHECK(scratch, "ecgkt::preprocess: out of memory for a ", bytes, "-byte scratch buffer");
     std::vector<double> tmp;
     for (int64_t blk = b0; blk < b1; ++blk) {
       kernel.fn(p, blk * rows, scratch);
@@ -184,4 +180,4 @@ std::tuple<at::Tensor, at::Tensor> preprocess_cpu(const at::Tensor& signal, cons
 }  // namespace preprocess_cpu
 }  // namespace ecgkt
 
-TORCH_LIBRARY_IMPL(ecgkt, CPU, m) { m.impl("preprocess", &ecgkt::preprocess_cpu::preprocess_cpu); }
+STABLE_TORCH_LIBRARY_IMPL(ecgkt, CPU, m) { m.impl("preprocess", TORCH_BOX(&ecgkt::preprocess_cpu::preprocess_cpu)); }

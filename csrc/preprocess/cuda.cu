@@ -18,18 +18,23 @@
 //  * Invalid-sample repair (rare) uses block max/min scans of the nearest valid index; flat/all-invalid
 //    rows exit early with zeros. Polyphase resampling reads the filtered row from shared memory, and the
 //    z-score uses two block reductions (mean, then centred sum of squares) before the single store.
-//  * Robust normalisation computes its two medians with ATen kthvalue on row chunks of the unnormalised
-//    kernel output (allowed by the spec); everything else is fused.
+//  * Robust normalisation computes its two medians with ATen's kthvalue (through the stable dispatcher)
+//    on row chunks of the unnormalised kernel output (allowed by the spec); two element-wise kernels here
+//    take the absolute deviations and apply the result. Everything else is fused.
+// Stable ABI only (csrc/stable_api.h): the library loads into any torch from the version it targets.
 // Compute type: float32 for every input dtype except float64 (float64 throughout).
 #ifdef ECGKT_CUDA_EMULATION  // plain C++ on the CPU, for tests without a GPU (see cuda_emulation.h)
 #include "cuda_emulation.h"
 #else
-#include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
-
+#ifndef USE_CUDA
+#define USE_CUDA 1  // declares the CUDA parts of the C shims (the current stream)
+#endif
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <torch/csrc/stable/accelerator.h>
+
+#include "stable_api.h"
 #define ECGKT_DYNAMIC_SHARED(name) extern __shared__ __align__(16) unsigned char name[]
 #endif
 
@@ -580,118 +585,183 @@ Params<acc_t> make_params(const void* x, const float* gain, const float* baselin
   return p;
 }
 
+// Robust normalisation's element-wise steps over a chunk of rows (n samples each), after the order
+// statistics: lo/hi are the (n+1)/2-th and (n/2+1)-th smallest values of a row (equal for odd n), the
+// median their mean. One thread per sample.
+template <typename acc_t>
+__device__ __forceinline__ acc_t median_of(const acc_t* lo, const acc_t* hi, int64_t row) {
+  return (lo[row] + hi[row]) * acc_t(0.5);
+}
+
+template <typename acc_t>
+__global__ void abs_deviation_kernel(acc_t* dev, const acc_t* out, const acc_t* lo, const acc_t* hi, int64_t n,
+                                     int64_t total) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < total) dev[i] = fabs(out[i] - median_of(lo, hi, i / n));
+}
+
+// (y - median) / (1.4826 MAD); the z-score where the MAD is ~0; zeros and flag bit 1 where the std is ~0 too.
+template <typename acc_t>
+__global__ void robust_apply_kernel(acc_t* out, int32_t* flags, const acc_t* lo, const acc_t* hi,
+                                    const acc_t* mad_lo, const acc_t* mad_hi, const acc_t* mean, const acc_t* var,
+                                    int64_t n, int64_t total) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= total) return;
+  const int64_t row = i / n;
+  const acc_t mad = acc_t(kMadToSigma) * median_of(mad_lo, mad_hi, row), sd = sqrt(var[row]);
+  const bool robust_ok = mad > acc_t(kMadToSigma * kZeroScale), std_ok = sd > acc_t(kZeroScale);
+  const acc_t center = robust_ok ? median_of(lo, hi, row) : mean[row];
+  const acc_t spread = robust_ok ? mad : sd;
+  out[i] = (robust_ok || std_ok) ? (out[i] - center) / spread : acc_t(0);
+  if (i % n == 0 && !(robust_ok || std_ok)) flags[row] |= 2;
+}
+
 #ifndef ECGKT_CUDA_EMULATION
 
+#define ECGKT_CUDA_CHECK(expr)                                                                  \
+  do {                                                                                          \
+    const cudaError_t err_ = (expr);                                                            \
+    ECGKT_CHECK(err_ == cudaSuccess, "ecgkt::preprocess: CUDA error: ", cudaGetErrorString(err_)); \
+  } while (0)
+
+cudaStream_t current_stream(const Tensor& t) {
+  void* stream = nullptr;
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_current_cuda_stream(t.get_device_index(), &stream));
+  return static_cast<cudaStream_t>(stream);
+}
+
+template <typename acc_t>
+acc_t* data(const Tensor& t) {
+  return t.defined() ? t.mutable_data_ptr<acc_t>() : nullptr;
+}
+
 template <typename in_t, typename acc_t>
-void launch(const at::Tensor& x, const at::Tensor& gain, const at::Tensor& baseline, const at::Tensor& sos,
-            const at::Tensor& zi, const at::Tensor& fir, at::Tensor& out, at::Tensor& flags, int P, int up,
-            int down, int normalize) {
+void launch(const Tensor& x, const Tensor& gain, const Tensor& baseline, const Tensor& sos, const Tensor& zi,
+            const Tensor& fir, Tensor& out, Tensor& flags, int P, int up, int down, int normalize) {
   const int64_t N = x.size(0);
   const int T = static_cast<int>(x.size(1)), S = static_cast<int>(sos.size(0));
   const int T_ext = T + 2 * P, T_out = static_cast<int>(out.size(1));
   const bool resample = up != 1 || down != 1;
-  const long long smem_limit = at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
+  int smem_optin = 0;
+  ECGKT_CUDA_CHECK(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, x.get_device_index()));
+  const long long smem_limit = smem_optin;
   const LaunchConfig cfg = launch_config<acc_t>(S, T_ext, T_out, resample, smem_limit, max_threads<acc_t>());
-  TORCH_CHECK(static_cast<long long>(cfg.smem) <= smem_limit, "ecgkt::preprocess: too many filter sections (", S,
+  ECGKT_CHECK(static_cast<long long>(cfg.smem) <= smem_limit, "ecgkt::preprocess: too many filter sections (", S,
               ")");
-  at::Tensor work;
-  if (cfg.global_staging) work = at::empty({N, T_ext}, out.options());  // long rows: staged in global memory (L2)
+  Tensor work;  // long rows: staged in global memory (L2)
+  if (cfg.global_staging) work = torch::stable::new_empty(out, {N, T_ext});
   const Params<acc_t> p = make_params<acc_t>(
-      x.data_ptr(), gain.data_ptr<float>(), baseline.data_ptr<float>(), sos.data_ptr<double>(), zi.data_ptr<double>(),
-      S, resample ? fir.data_ptr<acc_t>() : nullptr, resample ? static_cast<int>(fir.size(0)) : 0, up, down,
-      normalize, T, P, T_out, out.data_ptr<acc_t>(), flags.data_ptr<int32_t>(),
-      work.defined() ? work.data_ptr<acc_t>() : nullptr);
+      x.const_data_ptr(), gain.const_data_ptr<float>(), baseline.const_data_ptr<float>(),
+      sos.const_data_ptr<double>(), zi.const_data_ptr<double>(), S, resample ? fir.const_data_ptr<acc_t>() : nullptr,
+      resample ? static_cast<int>(fir.size(0)) : 0, up, down, normalize, T, P, T_out, out.mutable_data_ptr<acc_t>(),
+      flags.mutable_data_ptr<int32_t>(), data<acc_t>(work));
   auto kernel = preprocess_kernel<in_t, acc_t>;
-  C10_CUDA_CHECK(
+  ECGKT_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(cfg.smem)));
-  kernel<<<static_cast<unsigned>(N), cfg.threads, cfg.smem, at::cuda::getCurrentCUDAStream()>>>(p);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  kernel<<<static_cast<unsigned>(N), cfg.threads, cfg.smem, current_stream(x)>>>(p);
+  ECGKT_CUDA_CHECK(cudaGetLastError());
 }
 
-// (y - median) / (1.4826 MAD) per row, falling back to the z-score where the MAD is zero, and to zeros
-// (flag bit 1) where the std is zero too. Medians of an even count are the mean of the two middle values.
 // Bounded memory (the same function as robust_normalize in kernels/preprocess.py): chunks of rows of about
 // kRobustChunkElements samples, medians as order statistics (kthvalue), not a sort of the whole output.
 constexpr int64_t kRobustChunkElements = int64_t(1) << 24;
+constexpr int kElementwiseThreads = 256;
 
-void robust_normalize(at::Tensor& out, at::Tensor& flags) {
+// The k-th smallest value of each row of `v` [rows, n], as [rows, 1].
+Tensor kth_smallest(const Tensor& v, int64_t k) {
+  auto stack = call_aten<2>("aten::kthvalue", "", v, k, int64_t(1), true);
+  torch::stable::detail::to<Tensor>(stack[1]);  // the indices, released
+  return torch::stable::detail::to<Tensor>(stack[0]);
+}
+
+template <typename acc_t>
+void robust_normalize(Tensor& out, Tensor& flags) {
   const int64_t N = out.size(0), n = out.size(1);
   const int64_t step = std::max<int64_t>(1, kRobustChunkElements / std::max<int64_t>(n, 1));
-  auto median = [n](const at::Tensor& v) {
-    at::Tensor lo = std::get<0>(v.kthvalue((n + 1) / 2, 1, true));
-    if (n % 2) return lo;
-    return lo.add_(std::get<0>(v.kthvalue(n / 2 + 1, 1, true))).mul_(0.5);
-  };
+  const cudaStream_t stream = current_stream(out);
   for (int64_t r0 = 0; r0 < N; r0 += step) {
-    at::Tensor o = out.narrow(0, r0, std::min(step, N - r0));
-    at::Tensor f = flags.narrow(0, r0, o.size(0));
-    at::Tensor med = median(o);
-    at::Tensor mad = median((o - med).abs_()).mul_(kMadToSigma);
-    at::Tensor mean = o.mean(1, true);
-    at::Tensor std = (o - mean).square_().mean(1, true).sqrt_();
-    at::Tensor robust_ok = mad > kMadToSigma * kZeroScale, std_ok = std > kZeroScale;
-    at::Tensor center = at::where(robust_ok, med, mean);
-    at::Tensor spread = at::where(robust_ok, mad, at::where(std_ok, std, at::ones_like(std)));
-    at::Tensor live = at::logical_or(robust_ok, std_ok);
-    o.sub_(center).div_(spread).mul_(live.to(o.scalar_type()));
-    f.bitwise_or_(live.logical_not().squeeze(1).to(at::kInt).mul_(2));
+    const int64_t rows = std::min(step, N - r0), total = rows * n;
+    const unsigned blocks = static_cast<unsigned>((total + kElementwiseThreads - 1) / kElementwiseThreads);
+    Tensor o = torch::stable::narrow(out, 0, r0, rows);
+    Tensor f = torch::stable::narrow(flags, 0, r0, rows);
+    const Tensor lo = kth_smallest(o, (n + 1) / 2), hi = kth_smallest(o, n / 2 + 1);
+    Tensor dev = torch::stable::new_empty(o, {rows, n});
+    abs_deviation_kernel<acc_t><<<blocks, kElementwiseThreads, 0, stream>>>(
+        data<acc_t>(dev), data<acc_t>(o), data<acc_t>(lo), data<acc_t>(hi), n, total);
+    ECGKT_CUDA_CHECK(cudaGetLastError());
+    const Tensor mad_lo = kth_smallest(dev, (n + 1) / 2), mad_hi = kth_smallest(dev, n / 2 + 1);
+    const std::optional<std::vector<int64_t>> dims(std::vector<int64_t>{1});
+    const Tensor mean = torch::stable::detail::to<Tensor>(
+        call_aten("aten::mean", "dim", o, dims, true, std::optional<ScalarType>())[0]);
+    const Tensor var = torch::stable::detail::to<Tensor>(call_aten("aten::var", "dim", o, dims, false, true)[0]);
+    robust_apply_kernel<acc_t><<<blocks, kElementwiseThreads, 0, stream>>>(
+        data<acc_t>(o), data<int32_t>(f), data<acc_t>(lo), data<acc_t>(hi), data<acc_t>(mad_lo), data<acc_t>(mad_hi),
+        data<acc_t>(mean), data<acc_t>(var), n, total);
+    ECGKT_CUDA_CHECK(cudaGetLastError());
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> preprocess_cuda(const at::Tensor& signal, const at::Tensor& gain,
-                                                   const at::Tensor& baseline, const at::Tensor& sos,
-                                                   const at::Tensor& zi, int64_t padlen, const at::Tensor& fir,
-                                                   int64_t up, int64_t down, int64_t normalize) {
-  TORCH_CHECK(signal.is_cuda(), "ecgkt::preprocess (CUDA): signal must be a CUDA tensor");
-  TORCH_CHECK(signal.dim() == 2, "ecgkt::preprocess: signal must be [N, T], got ", signal.sizes());
+std::tuple<Tensor, Tensor> preprocess_cuda(Tensor signal, Tensor gain, Tensor baseline, Tensor sos, Tensor zi,
+                                           int64_t padlen, Tensor fir, int64_t up, int64_t down, int64_t normalize) {
+  ECGKT_CHECK(signal.is_cuda(), "ecgkt::preprocess (CUDA): signal must be a CUDA tensor");
+  ECGKT_CHECK(signal.dim() == 2, "ecgkt::preprocess: signal must be [N, T], got ", shape(signal));
   const int64_t N = signal.size(0), T = signal.size(1);
-  TORCH_CHECK(T >= 1, "ecgkt::preprocess: signal needs at least one sample");
-  TORCH_CHECK(gain.numel() == N && baseline.numel() == N, "ecgkt::preprocess: gain and baseline must be [N] (N=", N,
+  ECGKT_CHECK(T >= 1, "ecgkt::preprocess: signal needs at least one sample");
+  ECGKT_CHECK(gain.numel() == N && baseline.numel() == N, "ecgkt::preprocess: gain and baseline must be [N] (N=", N,
               ")");
-  TORCH_CHECK(sos.dim() == 2 && (sos.size(0) == 0 || sos.size(1) == 6), "ecgkt::preprocess: sos must be [S, 6]");
-  TORCH_CHECK(zi.numel() == sos.size(0) * 2, "ecgkt::preprocess: zi must be [S, 2]");
-  TORCH_CHECK(up >= 1 && down >= 1, "ecgkt::preprocess: up and down must be >= 1");
-  TORCH_CHECK(normalize >= 0 && normalize <= 2, "ecgkt::preprocess: normalize must be 0, 1 or 2");
-  TORCH_CHECK(padlen >= 0, "ecgkt::preprocess: padlen must be >= 0");
+  ECGKT_CHECK(sos.dim() == 2 && (sos.size(0) == 0 || sos.size(1) == 6), "ecgkt::preprocess: sos must be [S, 6]");
+  ECGKT_CHECK(zi.numel() == sos.size(0) * 2, "ecgkt::preprocess: zi must be [S, 2]");
+  ECGKT_CHECK(up >= 1 && down >= 1, "ecgkt::preprocess: up and down must be >= 1");
+  ECGKT_CHECK(normalize >= 0 && normalize <= 2, "ecgkt::preprocess: normalize must be 0, 1 or 2");
+  ECGKT_CHECK(padlen >= 0, "ecgkt::preprocess: padlen must be >= 0");
   const bool resample = up != 1 || down != 1;
-  TORCH_CHECK(!resample || (fir.dim() == 1 && fir.numel() % 2 == 1),
+  ECGKT_CHECK(!resample || (fir.dim() == 1 && fir.numel() % 2 == 1),
               "ecgkt::preprocess: fir must be a 1-D filter of odd length when resampling");
-  const auto dtype = signal.scalar_type();
-  TORCH_CHECK(dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kFloat || dtype == at::kDouble ||
-                  dtype == at::kShort,
-              "ecgkt::preprocess: signal dtype must be float16/bfloat16/float32/float64/int16, got ", dtype);
+  const ScalarType dtype = signal.scalar_type();
+  ECGKT_CHECK(dtype == ScalarType::Half || dtype == ScalarType::BFloat16 || dtype == ScalarType::Float ||
+                  dtype == ScalarType::Double || dtype == ScalarType::Short,
+              "ecgkt::preprocess: signal dtype must be float16/bfloat16/float32/float64/int16, got ",
+              dtype_name(dtype));
   const int64_t S = sos.size(0);
   const int64_t P = S > 0 ? std::min<int64_t>(padlen, T - 1) : 0;
   const int64_t T_out = (T * up + down - 1) / down;
-  TORCH_CHECK(T + 2 * P < (int64_t(1) << 31) && T_out < (int64_t(1) << 31),
+  ECGKT_CHECK(T + 2 * P < (int64_t(1) << 31) && T_out < (int64_t(1) << 31),
               "ecgkt::preprocess: rows longer than 2^31 samples are not supported");
-  c10::cuda::CUDAGuard guard(signal.device());
-  const auto acc = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  torch::stable::accelerator::DeviceGuard guard(signal.get_device_index());
+  const ScalarType acc = dtype == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
   const auto dev = signal.device();
-  at::Tensor x = signal.contiguous();
-  at::Tensor g = gain.to(dev, at::kFloat).contiguous(), b = baseline.to(dev, at::kFloat).contiguous();
-  at::Tensor s = sos.to(dev, at::kDouble).contiguous(), z = zi.to(dev, at::kDouble).contiguous();
-  at::Tensor f = resample ? fir.to(dev, acc).contiguous() : fir;
-  at::Tensor out = at::empty({N, T_out}, signal.options().dtype(acc));
-  at::Tensor flags = at::empty({N}, signal.options().dtype(at::kInt));
+  auto on_device = [&](const Tensor& t, ScalarType type) {
+    return torch::stable::contiguous(torch::stable::to(t, type, std::nullopt, dev));
+  };
+  const Tensor x = torch::stable::contiguous(signal);
+  const Tensor g = on_device(gain, ScalarType::Float), b = on_device(baseline, ScalarType::Float);
+  const Tensor s = on_device(sos, ScalarType::Double), z = on_device(zi, ScalarType::Double);
+  const Tensor f = resample ? on_device(fir, acc) : fir;
+  Tensor out = torch::stable::empty({N, T_out}, acc, std::nullopt, dev);
+  Tensor flags = torch::stable::empty({N}, ScalarType::Int, std::nullopt, dev);
   if (N > 0) {
     const int norm_in_kernel = normalize == 1 ? 1 : 0;
     const int p_ = static_cast<int>(P), u = static_cast<int>(up), d = static_cast<int>(down);
     switch (dtype) {
-      case at::kHalf: launch<at::Half, float>(x, g, b, s, z, f, out, flags, p_, u, d, norm_in_kernel); break;
-      case at::kBFloat16: launch<at::BFloat16, float>(x, g, b, s, z, f, out, flags, p_, u, d, norm_in_kernel); break;
-      case at::kFloat: launch<float, float>(x, g, b, s, z, f, out, flags, p_, u, d, norm_in_kernel); break;
-      case at::kDouble: launch<double, double>(x, g, b, s, z, f, out, flags, p_, u, d, norm_in_kernel); break;
+      case ScalarType::Half: launch<__half, float>(x, g, b, s, z, f, out, flags, p_, u, d, norm_in_kernel); break;
+      case ScalarType::BFloat16:
+        launch<__nv_bfloat16, float>(x, g, b, s, z, f, out, flags, p_, u, d, norm_in_kernel);
+        break;
+      case ScalarType::Float: launch<float, float>(x, g, b, s, z, f, out, flags, p_, u, d, norm_in_kernel); break;
+      case ScalarType::Double: launch<double, double>(x, g, b, s, z, f, out, flags, p_, u, d, norm_in_kernel); break;
       default: launch<int16_t, float>(x, g, b, s, z, f, out, flags, p_, u, d, norm_in_kernel); break;
     }
-    if (normalize == 2) robust_normalize(out, flags);
+    if (normalize == 2) {
+      if (acc == ScalarType::Double) robust_normalize<double>(out, flags);
+      else robust_normalize<float>(out, flags);
+    }
   }
   return {out, flags};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(ecgkt, CUDA, m) { m.impl("preprocess", &preprocess_cuda); }
+STABLE_TORCH_LIBRARY_IMPL(ecgkt, CUDA, m) { m.impl("preprocess", TORCH_BOX(&preprocess_cuda)); }
 
 }  // namespace ecgkt
 
