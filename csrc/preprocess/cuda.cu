@@ -1,4 +1,4 @@
-// CUDA kernel of ecgkt::preprocess (the exact function is in ecgkt/ops/preprocess.py and
+// CUDA kernel of ecgkt::preprocess (the exact function is in ecgkt/ops/preprocess/ and
 // docs: convert -> repair -> flat check -> sosfiltfilt (odd extension) -> resample_poly -> normalise).
 //
 // Design (one fused pass over memory: each input sample is read once, each output written once):
@@ -88,6 +88,27 @@ struct Input {
     return v;
   }
 };
+#ifndef ECGKT_CUDA_EMULATION
+// torch's CUDA flags (__CUDA_NO_HALF_CONVERSIONS__ ...) disable the implicit conversions: explicit intrinsics
+template <>
+struct Input<__half> {
+  template <typename acc_t>
+  static __device__ __forceinline__ acc_t load(const __half* x, int i, acc_t base, acc_t gain, bool& bad) {
+    acc_t v = (static_cast<acc_t>(__half2float(x[i])) - base) / gain;
+    bad = !isfinite(v);
+    return v;
+  }
+};
+template <>
+struct Input<__nv_bfloat16> {
+  template <typename acc_t>
+  static __device__ __forceinline__ acc_t load(const __nv_bfloat16* x, int i, acc_t base, acc_t gain, bool& bad) {
+    acc_t v = (static_cast<acc_t>(__bfloat162float(x[i])) - base) / gain;
+    bad = !isfinite(v);
+    return v;
+  }
+};
+#endif
 template <>
 struct Input<double> {
   template <typename acc_t>
