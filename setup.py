@@ -20,7 +20,7 @@ import json
 import os
 import sys
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
@@ -110,16 +110,8 @@ def _extension():
 ext, build_ext = _extension()
 
 setup(
-    packages=[
-        "ecgkt",
-        "ecgkt.ops",
-        "ecgkt.data",
-        "ecgkt.models",
-        "ecgkt.train",
-        "ecgkt.evaluate",
-        "ecgkt.predict",
-        "ecgkt.kernels",
-    ],
+    # every package under ecgkt/ (a hand-written list once left ecgkt.data.synth out of the wheel)
+    packages=find_packages(include=["ecgkt", "ecgkt.*"]) + ["ecgkt.kernels"],
     # The Triton kernels live in the top-level kernels/ folder and ship as ecgkt.kernels.
     package_dir={"ecgkt.kernels": "kernels"},
     package_data={"ecgkt": ["_build_info.json", "configs/*.yaml", "predict/*.csv"]},

@@ -18,6 +18,8 @@ assert "site-packages" in ecgkt.__file__, ecgkt.__file__
 assert _extension.available, _extension.reason
 assert importlib.util.find_spec("kernels") is None, "a top-level 'kernels' module leaked into site-packages"
 assert os.path.exists(os.path.join(os.path.dirname(ecgkt.__file__), "kernels", "preprocess.py"))
+for sub in ("data.synth", "ops.preprocess.design", "ops.contrastive.reference", "train", "predict", "evaluate"):
+    assert importlib.util.find_spec(f"ecgkt.{sub}") is not None, f"ecgkt.{sub} is missing from the wheel"
 assert not schemas.DEFINED_HERE, f"ops defined from Python, not by ecgkt._C: {schemas.DEFINED_HERE}"
 for op in schemas.SCHEMAS:
     assert _extension.has_kernel(op, "CPU"), f"ecgkt::{op} has no compiled CPU kernel"

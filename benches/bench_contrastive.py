@@ -79,7 +79,7 @@ _MEMORY_CHILD = r"""
 import json, os, sys, time
 import torch
 torch.set_num_threads(int(sys.argv[4]))
-import bench_losses as b
+import bench_contrastive as b
 kind, provider, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
 step = b.loss_step(kind, provider)
 step(*b.inputs(min(batch, 512)))  # warm-up: libraries, kernels, allocator

@@ -184,6 +184,7 @@ def section_correctness(args):
     import ecgkt
     from ecgkt import _extension
     from ecgkt.ops import contrastive as ops
+    from ecgkt.ops.contrastive import reference
 
     device = _device(args)
     cases, dtypes = _preprocess_cases(args.dry_run)
@@ -213,7 +214,7 @@ def section_correctness(args):
             a = torch.nn.functional.normalize(torch.randn(70, dim, generator=g), dim=-1).to(dtype)
             b = torch.nn.functional.normalize(torch.randn(90, dim, generator=g), dim=-1).to(dtype)
             s = torch.tensor(20.0)
-            ref = ops.clip_block_lse_reference(a.double(), b.double(), s.double())
+            ref = reference.clip_block_lse_reference(a.double(), b.double(), s.double())
             # CUDA: the registered kernel itself; CPU (dry run): the public primitive (the compiled CPU
             # kernel, or the reference where the extension is missing)
             fn = ops.cuda_kernel("clip_block_lse") if device.type == "cuda" else ops.clip_block_lse

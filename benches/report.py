@@ -26,7 +26,7 @@ sys.path.insert(0, str(BENCHES))
 SECTIONS = [
     ("Fused preprocessing", ["preprocess", "preprocess_response"], "bench_preprocess.py",
      [("preprocess", "records/s", True)]),
-    ("Contrastive losses (forward + backward, D = 256)", ["clip_loss", "siglip_loss"], "bench_losses.py",
+    ("Contrastive losses (forward + backward, D = 256)", ["clip_loss", "siglip_loss"], "bench_contrastive.py",
      [("clip_loss", "s", True), ("clip_loss", "MB", True), ("siglip_loss", "s", True), ("siglip_loss", "MB", True)]),
     ("Stage-1 training, end to end", ["train_stage1"], "bench_train.py", []),
     ("Inference from files", ["predict"], "bench_predict.py", []),

@@ -4,7 +4,7 @@
 #include "stable_api.h"
 
 STABLE_TORCH_LIBRARY(ecgkt, m) {
-  // Fused ECG preprocessing; see ecgkt/ops/preprocess.py for the meaning of each argument.
+  // Fused ECG preprocessing; see ecgkt/ops/preprocess/ for the meaning of each argument.
   //   signal   [N, T] float16/bfloat16/float32/float64 (mV) or int16 (ADC units)
   //   gain     [N] float32, adu/mV (1 for float input); baseline [N] float32, adu
   //   sos      [S, 6] float64 second-order sections (b0 b1 b2 1 a1 a2), applied forward then backward
@@ -18,8 +18,8 @@ STABLE_TORCH_LIBRARY(ecgkt, m) {
       "preprocess(Tensor signal, Tensor gain, Tensor baseline, Tensor sos, Tensor zi, "
       "int padlen, Tensor fir, int up, int down, int normalize) -> (Tensor, Tensor)");
 
-  // Contrastive-loss block primitives (kernels in csrc/losses/, Python face and float64 reference
-  // in ecgkt/ops/contrastive.py). a [Ba, D], b [Bb, D] float32/float16/bfloat16/float64 rows
+  // Contrastive-loss block primitives (kernels in csrc/contrastive/, Python face and float64 reference
+  // in ecgkt/ops/contrastive/). a [Ba, D], b [Bb, D] float32/float16/bfloat16/float64 rows
   // (L2-normalised by the caller), scale/bias one-value tensors, logits L = scale * a @ b^T.
   //   clip_block_lse        -> (row_lse [Ba], col_lse [Bb]) log-sum-exp of L along rows / columns
   //   siglip_block          -> row_sum [Ba] = sum_j softplus(L_ij + bias)

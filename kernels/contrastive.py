@@ -1,5 +1,5 @@
 """Triton kernels of the contrastive-loss block primitives (the CUDA implementation of
-``torch.ops.ecgkt.{clip_block_lse, siglip_block}[_backward]``; see ecgkt/ops/contrastive.py).
+``torch.ops.ecgkt.{clip_block_lse, siglip_block}[_backward]``; see ecgkt/ops/contrastive/).
 
 One program owns BLOCK_M rows of ``x`` and walks the rows of ``y`` BLOCK_N at a time, forming the
 logits tile ``scale * x_blk @ y_blk.T`` on chip (never in memory). The embedding dimension is

@@ -1,7 +1,7 @@
 """Triton kernel of the fused ECG preprocessing op (``ecgkt::preprocess_triton``).
 
 Same arguments and result as ``torch.ops.ecgkt.preprocess`` (the exact function is written out in
-``ecgkt/ops/preprocess.py``): convert -> repair invalid runs -> flat check -> ``sosfiltfilt`` with odd
+``ecgkt/ops/preprocess/``): convert -> repair invalid runs -> flat check -> ``sosfiltfilt`` with odd
 extension -> ``resample_poly`` -> z-score / robust normalisation.
 
 Design (GPU):
@@ -47,7 +47,7 @@ __all__ = ["preprocess_triton", "robust_normalize", "BLOCK_T", "BLOCK_N"]
 
 BLOCK_T = 64  # samples per tile (size of the Toeplitz block)
 BLOCK_N = 16  # leads per program (tl.dot needs >= 16)
-from ..ops.preprocess import FLAT_PTP, INVALID_INT16, MAD_TO_SIGMA, ZERO_SCALE  # noqa: E402 - the spec's constants
+from ..ops.preprocess.spec import FLAT_PTP, INVALID_INT16, MAD_TO_SIGMA, ZERO_SCALE  # noqa: E402 - the spec's constants
 
 _INVALID_INT16 = tl.constexpr(INVALID_INT16)
 _FLAT_PTP = tl.constexpr(FLAT_PTP)  # the same values, readable inside @triton.jit functions

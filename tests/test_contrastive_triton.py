@@ -12,7 +12,7 @@ import torch
 pytest.importorskip("triton", reason="triton is not installed (optional extra: pip install 'ecgkt[triton]')")
 
 from ecgkt.kernels import contrastive as k  # noqa: E402
-from ecgkt.ops import contrastive as ops  # noqa: E402
+from ecgkt.ops.contrastive import reference  # noqa: E402
 
 REL = {torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
 
@@ -40,18 +40,18 @@ def test_triton_kernels_match_reference(dtype, rows, cols, dim):
     rel = REL[dtype]
 
     row, col = k.clip_block_lse(a, b, s)
-    ref_row, ref_col = ops.clip_block_lse_reference(a64, b64, s64)
+    ref_row, ref_col = reference.clip_block_lse_reference(a64, b64, s64)
     assert _rel_err(row, ref_row) <= 2e-5 and _rel_err(col, ref_col) <= 2e-5
     got = k.clip_block_lse_backward(a, b, s, row, col, gr, gc)
-    ref = ops.clip_block_lse_backward_reference(a64, b64, s64, ref_row, ref_col, gr.double(), gc.double())
+    ref = reference.clip_block_lse_backward_reference(a64, b64, s64, ref_row, ref_col, gr.double(), gc.double())
     for name, x, r in zip(("a", "b", "scale"), got, ref):
         assert x.dtype == (dtype if name != "scale" else s.dtype)
         floor = 1.0 if name == "scale" else 0.0
         assert _rel_err(x, r, floor) <= rel, f"clip grad {name}: {_rel_err(x, r, floor):.3g}"
 
-    assert _rel_err(k.siglip_block(a, b, s, t), ops.siglip_block_reference(a64, b64, s64, t64)) <= 2e-5
+    assert _rel_err(k.siglip_block(a, b, s, t), reference.siglip_block_reference(a64, b64, s64, t64)) <= 2e-5
     got = k.siglip_block_backward(a, b, s, t, gr)
-    ref = ops.siglip_block_backward_reference(a64, b64, s64, t64, gr.double())
+    ref = reference.siglip_block_backward_reference(a64, b64, s64, t64, gr.double())
     for name, x, r in zip(("a", "b", "scale", "bias"), got, ref):
         floor = 1.0 if name in ("scale", "bias") else 0.0
         assert _rel_err(x, r, floor) <= rel, f"siglip grad {name}: {_rel_err(x, r, floor):.3g}"
@@ -78,13 +78,13 @@ def _fp16_case():
     g = torch.Generator().manual_seed(16384)
     a, b = _rows(FP16_ROWS, FP16_DIM, torch.float16, g), _rows(FP16_B, FP16_DIM, torch.float16, g)
     s, t = torch.tensor(10.0), torch.tensor(-10.0)
-    row, col = ops.clip_block_lse_reference(a.double(), b.double(), s.double())
+    row, col = reference.clip_block_lse_reference(a.double(), b.double(), s.double())
     grad_row = torch.full((FP16_ROWS,), 1 / (2 * FP16_B), dtype=torch.float64)
     return a, b, s, t, row, col, grad_row, torch.zeros(FP16_B, dtype=torch.float64)
 
 
 def _fp16_clip_errors(a, b, s, row, col, gr, gc):
-    ref = ops.clip_block_lse_backward_reference(a.double(), b.double(), s.double(), row, col, gr, gc)
+    ref = reference.clip_block_lse_backward_reference(a.double(), b.double(), s.double(), row, col, gr, gc)
     got = k.clip_block_lse_backward(a, b, s, row.float(), col.float(), gr.float(), gc.float())
     return [_fp16_err(x, r) for x, r in zip(got, ref)]
 
@@ -101,7 +101,7 @@ def test_fp16_backward_at_16k_batch_keeps_the_small_gradients(monkeypatch):
     assert k.FP16_GRAD_SCALING
     errors = _fp16_clip_errors(a, b, s, row, col, gr, gc)
     assert max(errors) <= REL[torch.float16], errors
-    ref = ops.siglip_block_backward_reference(a.double(), b.double(), s.double(), t.double(), 2 * gr)
+    ref = reference.siglip_block_backward_reference(a.double(), b.double(), s.double(), t.double(), 2 * gr)
     got = k.siglip_block_backward(a, b, s, t, (2 * gr).float())
     errors = [_fp16_err(x, r) for x, r in zip(got, ref)]
     assert max(errors) <= REL[torch.float16], errors

@@ -85,12 +85,13 @@ def test_import_without_extension_warns_once_and_falls_back():
 
 
 def test_spec_constants_agree_between_python_and_cpp():
-    """The preprocessing spec's constants live once per language: ecgkt/ops/preprocess.py and
+    """The preprocessing spec's constants live once per language: ecgkt/ops/preprocess/spec.py and
     csrc/preprocess/spec.h; they must say the same."""
+    import ast
     import pathlib
     import re
 
-    from ecgkt.ops import preprocess as spec
+    from ecgkt.ops.preprocess import spec
 
     header = (pathlib.Path(__file__).resolve().parents[1] / "csrc" / "preprocess" / "spec.h").read_text()
     cpp = {name: float(value) for name, value in re.findall(r"constexpr \w+ (k\w+) = (-?[0-9.e-]+);", header)}
@@ -100,6 +101,13 @@ def test_spec_constants_agree_between_python_and_cpp():
         text = (pathlib.Path(__file__).resolve().parents[1] / "csrc" / "preprocess" / source).read_text()
         code = "\n".join(line.split("//")[0] for line in text.splitlines())
         assert not re.search(r"32768|1e-6|1e-8|1\.4826", code), source
+    root = pathlib.Path(__file__).resolve().parents[1]
+    for path in [*(root / "ecgkt" / "ops" / "preprocess").glob("*.py"), root / "kernels" / "preprocess.py"]:
+        if path.name == "spec.py":
+            continue
+        numbers = {n.value for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Constant)
+                   and isinstance(n.value, (int, float)) and not isinstance(n.value, bool)}
+        assert not numbers & {32768, 1e-6, 1e-8, 1.4826}, path.name  # import them from spec.py
 
 
 def _registry_schemas() -> dict:

@@ -1,5 +1,5 @@
 // CPU kernels of the contrastive-loss block primitives (schemas in csrc/registry.cpp, meaning in
-// ecgkt/ops/contrastive.py). For a row block a [Ba, D] and a column block b [Bb, D], the logits
+// ecgkt/ops/contrastive/). For a row block a [Ba, D] and a column block b [Bb, D], the logits
 // L = scale * a @ b^T are produced one tile (kTileRows x kTileCols) at a time by a BLAS GEMM (torch's
 // addmm through the AOTI C shim) and reduced at once, so memory beyond inputs and outputs is
 // O(Ba + Bb + threads * tile), plus one gradient-of-b accumulator per thread in the backward.

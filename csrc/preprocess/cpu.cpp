@@ -1,4 +1,4 @@
-// CPU kernel of ecgkt::preprocess (schema in csrc/registry.cpp, semantics in ecgkt/ops/preprocess.py).
+// CPU kernel of ecgkt::preprocess (schema in csrc/registry.cpp, semantics in ecgkt/ops/preprocess/).
 // Checks the arguments, picks the widest instruction set this CPU has (AVX-512, AVX2+FMA or the x86-64
 // baseline; ECGKT_CPU_ISA=baseline|avx2|avx512 caps it), and runs the block kernel of cpu_kernel.h over
 // blocks of 16-32 rows (one row per SIMD lane) in parallel with torch::stable::parallel_for. The robust normalisation's

@@ -1,5 +1,5 @@
 // The preprocessing spec's constants, once for every C++/CUDA kernel (the Python side's are in
-// ecgkt/ops/preprocess.py: INVALID_INT16, FLAT_PTP, ZERO_SCALE, MAD_TO_SIGMA; tests/test_extension.py
+// ecgkt/ops/preprocess/spec.py: INVALID_INT16, FLAT_PTP, ZERO_SCALE, MAD_TO_SIGMA; tests/test_extension.py
 // checks that the two agree). Plain C++ (also included by the CUDA kernel and its CPU emulation).
 #pragma once
 

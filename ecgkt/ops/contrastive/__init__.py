@@ -15,8 +15,8 @@ the primitives need not know where the diagonal lies: for CLIP the loss is
 ``-log sigmoid(x) = softplus(x) - x`` for the positives and ``softplus(x)`` for the negatives,
 ``(sum(row_sum) - sum(L_ii + t)) / B``.
 
-Kernels: CPU in C++ (csrc/losses/cpu.cpp), CUDA in Triton (kernels/contrastive.py, registered
-here), and a materialised pure-torch reference below (used in tests, in float64, and as the
+Kernels: CPU in C++ (csrc/contrastive/cpu.cpp), CUDA in Triton (kernels/contrastive.py, registered
+here), and a materialised pure-torch reference (``reference.py``, used in tests, in float64, and as the
 fallback when the compiled extension is missing). Outputs are float32 (float64 for float64
 inputs); gradients come back in the inputs' dtypes.
 """
@@ -26,76 +26,17 @@ import warnings
 
 import torch
 
-from .. import _extension
-from . import schemas
+from ... import _extension
+from .. import schemas
+from .reference import _acc_dtype, run_reference
 
 _OPS = ("clip_block_lse", "clip_block_lse_backward", "siglip_block", "siglip_block_backward")
-
-
-def _acc_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
-# ----------------------------------------------------------------------------------------------
-# Reference (materialised logits; exact in float64)
-# ----------------------------------------------------------------------------------------------
-def _logits(a, b, scale):
-    acc = _acc_dtype(a)
-    return scale.to(acc) * (a.to(acc) @ b.to(acc).T), acc
-
-
-def clip_block_lse_reference(a, b, scale):
-    logits, _ = _logits(a, b, scale)
-    return torch.logsumexp(logits, 1), torch.logsumexp(logits, 0)
-
-
-def clip_block_lse_backward_reference(a, b, scale, row_lse, col_lse, grad_row, grad_col):
-    logits, acc = _logits(a, b, scale)
-    dlogits = grad_row.to(acc)[:, None] * torch.exp(logits - row_lse.to(acc)[:, None])
-    dlogits = dlogits + grad_col.to(acc)[None, :] * torch.exp(logits - col_lse.to(acc)[None, :])
-    return _grads_from_dlogits(a, b, scale, dlogits)
-
-
-def siglip_block_reference(a, b, scale, bias):
-    logits, acc = _logits(a, b, scale)
-    return torch.nn.functional.softplus(logits + bias.to(acc)).sum(1)
-
-
-def siglip_block_backward_reference(a, b, scale, bias, grad_row):
-    logits, acc = _logits(a, b, scale)
-    dlogits = grad_row.to(acc)[:, None] * torch.sigmoid(logits + bias.to(acc))
-    grad_a, grad_b, grad_scale = _grads_from_dlogits(a, b, scale, dlogits)
-    return grad_a, grad_b, grad_scale, dlogits.sum().to(bias.dtype).reshape(bias.shape)
-
-
-def _grads_from_dlogits(a, b, scale, dlogits):
-    acc = dlogits.dtype
-    a_, b_, s = a.to(acc), b.to(acc), scale.to(acc)
-    grad_a = s * (dlogits @ b_)
-    grad_b = s * (dlogits.T @ a_)
-    grad_scale = (dlogits * (a_ @ b_.T)).sum()
-    return grad_a.to(a.dtype), grad_b.to(b.dtype), grad_scale.to(scale.dtype).reshape(scale.shape)
-
-
-_REFERENCE = {
-    "clip_block_lse": clip_block_lse_reference,
-    "clip_block_lse_backward": clip_block_lse_backward_reference,
-    "siglip_block": siglip_block_reference,
-    "siglip_block_backward": siglip_block_backward_reference,
-}
-
-
-def reference(op: str, *args):
-    """Runs the reference of ``op`` outside autocast (it computes in the accumulation dtype on
-    purpose: under autocast its matmuls would silently drop to float16/bfloat16)."""
-    with torch.autocast(args[0].device.type, enabled=False):
-        return _REFERENCE[op](*args)
 
 
 # ----------------------------------------------------------------------------------------------
 # Registered ops: fake kernels, autograd, CUDA (Triton) kernels
 # ----------------------------------------------------------------------------------------------
-# True when every op has a compiled CPU kernel (ecgkt._C); without them the references below are the kernels
+# True when every op has a compiled CPU kernel (ecgkt._C); without them the references are the kernels
 HAS_OPS = all(_extension.has_kernel(op, "CPU") for op in _OPS)
 
 
@@ -126,7 +67,7 @@ def _siglip_backward(ctx, grad_row):
 def _triton_kernels():
     """The Triton module, imported on first CUDA use (importing triton is slow); None without it."""
     try:
-        from ..kernels import contrastive as triton_kernels
+        from ...kernels import contrastive as triton_kernels
     except ImportError:
         return None
     return triton_kernels
@@ -143,7 +84,7 @@ def cuda_kernel(op: str):
         why = "triton is not installed" if triton_kernels is None else f"{a.dtype} input"
         warnings.warn(f"ecgkt::{op} on CUDA runs the materialised O(B^2) reference ({why}): "
                       f"{a.shape[0]} x {args[0].shape[0]} logits in memory", RuntimeWarning, stacklevel=2)
-        return reference(op, a, *args)
+        return run_reference(op, a, *args)
 
     return run
 
@@ -153,7 +94,7 @@ def cpu_fallback_kernel(op: str):
 
     def run(*args):
         _extension.warn_fallback(op)
-        return reference(op, *args)
+        return run_reference(op, *args)
 
     return run
 

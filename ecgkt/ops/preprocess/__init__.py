@@ -23,38 +23,34 @@ table is in docs/preprocess.md.
 Backends compute the same function: the C++ CPU kernel (csrc/preprocess/cpu*.cpp, vectorised over leads),
 the CUDA kernel (csrc/preprocess/cuda.cu), the Triton kernel (ecgkt.kernels.preprocess) and a float64
 numpy/scipy reference. The op is not differentiable: its outputs never require grad.
+
+Layout: ``spec`` (the constants), ``design`` (filter design), ``reference`` (the float64 reference); this
+module registers the op's Python parts and holds the public face. The ``ecgkt preprocess`` command is
+``ecgkt/ops/preprocess_cli.py``, outside this package, so that ``ecgkt --help`` never imports torch.
 """
 from __future__ import annotations
 
-import functools
-import math
 import os
 import warnings
-from fractions import Fraction
 from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
-from scipy import signal as sps
 from torch import nn
 
-from .. import _extension
-from ..errors import ECGKTError
-from . import schemas
+from ... import _extension
+from ...errors import ECGKTError
+from .. import schemas
+from .design import (FilterDesign, _check_rate, _design_tensors, filter_design,  # noqa: F401
+                     response_requirements)
+from .reference import preprocess_reference
+from .spec import (FLAT_PTP, INPUT_DTYPES, INVALID_INT16, MAD_TO_SIGMA, MAX_ORDER, NORMALIZE_CODES,  # noqa: F401
+                   NOTCH_BANDWIDTH_HZ, ZERO_SCALE)
 
 __all__ = ["preprocess", "PreprocessResult", "filter_design", "FilterDesign", "response_requirements",
-           "measure_response"]
+           "measure_response", "preprocess_reference"]
 
-NORMALIZE_CODES = {None: 0, "none": 0, "zscore": 1, "robust": 2}
 BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
-INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int16)
-# The spec's constants, once for Python (the C++/CUDA kernels' copy: csrc/preprocess/spec.h)
-INVALID_INT16 = -32768
-FLAT_PTP = 1e-6  # mV: a lead whose peak-to-peak is at most this is flat
-ZERO_SCALE = 1e-8  # a std or MAD at most this is treated as zero
-MAD_TO_SIGMA = 1.4826  # robust scale = MAD_TO_SIGMA * MAD
-NOTCH_BANDWIDTH_HZ = 1.5  # -3 dB width of the notch (one-way); Q = notch / width
-MAX_ORDER = 8
 
 
 class PreprocessResult(NamedTuple):
@@ -64,251 +60,6 @@ class PreprocessResult(NamedTuple):
     repaired: torch.Tensor
     flat: torch.Tensor
 
-
-class FilterDesign(NamedTuple):
-    """Coefficients for one (fs, highpass, lowpass, notch, target_fs) setting (float64 numpy)."""
-
-    sos: np.ndarray  # [S, 6]
-    zi: np.ndarray  # [S, 2], scipy.signal.sosfilt_zi(sos)
-    padlen: int  # odd-extension length (capped at T - 1 per signal)
-    fir: np.ndarray  # [K] polyphase filter, empty when up == down == 1
-    up: int
-    down: int
-    highpass_order: int  # 0 when there is no high-pass
-    lowpass_order: int  # 0 when the low-pass is skipped
-    notch_q: float  # 0 when there is no notch
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Filter design
-# ---------------------------------------------------------------------------------------------------------
-def _check_rate(name: str, value, *, allow_none: bool) -> float | None:
-    if value is None and allow_none:
-        return None
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ECGKTError(f"{name} must be a number in Hz, got {value!r}") from None
-    if not math.isfinite(v) or v <= 0:
-        raise ECGKTError(f"{name} must be a positive frequency in Hz, got {value!r}")
-    return v
-
-
-def _active_parts(fs: float, highpass, lowpass, notch):
-    """Which filter parts apply at this rate (the rules of the spec)."""
-    hp = highpass if highpass is not None else None
-    if hp is not None and hp >= fs / 2:
-        raise ECGKTError(f"highpass={hp} Hz must be below the Nyquist frequency {fs / 2} Hz (fs={fs})")
-    lp = lowpass if (lowpass is not None and lowpass < 0.45 * fs) else None
-    if hp is not None and lowpass is not None and lowpass <= hp:
-        raise ECGKTError(f"lowpass={lowpass} Hz must be above highpass={hp} Hz")
-    nt = notch if (notch is not None and notch < fs / 2) else None
-    return hp, lp, nt
-
-
-def response_requirements(fs: float, highpass=0.5, lowpass=100.0, notch=60.0):
-    """The required zero-phase magnitude response at ``fs`` as a list of
-    ``(frequency_hz, min_gain_db, max_gain_db)`` points (what the tests measure with sinusoids)."""
-    hp, lp, nt = _active_parts(fs, highpass, lowpass, notch)
-    nyq = fs / 2
-    reqs = []
-    top = 0.7 * lowpass if lowpass is not None else 0.45 * fs
-    top = min(top, 0.45 * fs)
-    lo = 1.0 if hp is None else max(1.0, hp * 1.5)
-    for f in np.linspace(lo, top, 60):
-        if nt is not None and abs(f - nt) <= 3.0:
-            continue
-        reqs.append((float(f), -1.0, 1.0))
-    if hp is not None:
-        for f in (hp / 5, hp / 10):
-            reqs.append((f, -math.inf, -20.0))
-    if nt is not None:
-        for f in (nt - 0.1, nt, nt + 0.1):
-            reqs.append((f, -math.inf, -30.0))
-    if lowpass is not None and 1.5 * lowpass < nyq:
-        for f in np.linspace(1.5 * lowpass, 0.98 * nyq, 8):
-            reqs.append((float(f), -math.inf, -20.0))
-    return reqs
-
-
-def _zero_phase_db(sos: np.ndarray, freqs, fs: float) -> np.ndarray:
-    """|H(f)|^2 of the forward-backward cascade, in dB."""
-    if len(sos) == 0:
-        return np.zeros(len(freqs))
-    freqz = getattr(sps, "freqz_sos", None) or sps.sosfreqz
-    _, h = freqz(sos, worN=np.asarray(freqs, dtype=np.float64), fs=fs)
-    return 20 * np.log10(np.maximum(np.abs(h) ** 2, 1e-300))
-
-
-def _cascade(fs, hp, hp_order, lp, lp_order, nt, q) -> np.ndarray:
-    parts = []
-    if hp is not None:
-        parts.append(sps.butter(hp_order, hp, btype="highpass", fs=fs, output="sos"))
-    if lp is not None:
-        parts.append(sps.butter(lp_order, lp, btype="lowpass", fs=fs, output="sos"))
-    if nt is not None:
-        b, a = sps.iirnotch(nt, q, fs=fs)
-        parts.append(sps.tf2sos(b, a))
-    return np.concatenate(parts, axis=0) if parts else np.zeros((0, 6))
-
-
-@functools.lru_cache(maxsize=64)
-def filter_design(fs: float, highpass=0.5, lowpass=100.0, notch=60.0, target_fs=None) -> FilterDesign:
-    """Design (and cache) the SOS cascade and the resampling filter for one setting.
-
-    Butterworth orders: the smallest (high-pass order + low-pass order) whose zero-phase response meets
-    ``response_requirements`` with a 0.1 dB / 2 dB design margin. Notch: ``scipy.signal.iirnotch`` with a
-    fixed 1.5 Hz bandwidth (Q = notch / 1.5: 40 at 60 Hz). ``padlen`` = three time constants of the
-    high-pass corner, 3 * fs / (2 pi highpass) (478 samples at 500 Hz), so its start-up transient decays
-    inside the odd extension. Resampling: the reduced ratio up/down = target_fs/fs and resample_poly's
-    own Kaiser (beta 5) FIR of 20*max(up, down)+1 taps, scaled by ``up``.
-    """
-    fs = _check_rate("fs", fs, allow_none=False)
-    hp = _check_rate("highpass", highpass, allow_none=True)
-    lowp = _check_rate("lowpass", lowpass, allow_none=True)
-    nt0 = _check_rate("notch", notch, allow_none=True)
-    hp, lp, nt = _active_parts(fs, hp, lowp, nt0)
-    q = nt / NOTCH_BANDWIDTH_HZ if nt is not None else 0.0
-
-    reqs = response_requirements(fs, hp, lowp, nt0)
-    freqs = np.array([r[0] for r in reqs])
-    lo_db = np.array([r[1] for r in reqs]) + 0.1
-    hi_db = np.array([r[2] for r in reqs])
-    hi_db = np.where(np.isfinite(lo_db), hi_db - 0.1, hi_db - 2.0)
-    best = None
-    for total in range(0, 2 * MAX_ORDER + 1):
-        for hp_order in range(1 if hp is not None else 0, (MAX_ORDER if hp is not None else 0) + 1):
-            lp_order = total - hp_order
-            if lp is None and lp_order != 0 or lp is not None and not 1 <= lp_order <= MAX_ORDER:
-                continue
-            sos = _cascade(fs, hp, hp_order, lp, lp_order, nt, q)
-            db = _zero_phase_db(sos, freqs, fs)
-            if np.all(db >= lo_db) and np.all(db <= hi_db):
-                best = (sos, hp_order, lp_order)
-                break
-        if best is not None:
-            break
-    if best is None:
-        raise ECGKTError(
-            f"no Butterworth order up to {MAX_ORDER} meets the response required for fs={fs}, "
-            f"highpass={highpass}, lowpass={lowpass}, notch={notch}; widen the band"
-        )
-    sos, hp_order, lp_order = best
-    sos = np.ascontiguousarray(sos, dtype=np.float64)
-    zi = np.ascontiguousarray(sps.sosfilt_zi(sos), dtype=np.float64) if len(sos) else np.zeros((0, 2))
-    if hp is not None:
-        padlen = int(math.ceil(3 * fs / (2 * math.pi * hp)))
-    else:
-        padlen = 3 * (2 * len(sos) + 1)
-
-    up = down = 1
-    fir = np.zeros(0)
-    if target_fs is not None:
-        tfs = _check_rate("target_fs", target_fs, allow_none=False)
-        ratio = Fraction(tfs / fs).limit_denominator(1000)
-        if abs(float(ratio) - tfs / fs) > 1e-9 * tfs / fs:
-            raise ECGKTError(f"target_fs={target_fs} / fs={fs} is not a ratio of integers up to 1000")
-        up, down = ratio.numerator, ratio.denominator
-        if (up, down) != (1, 1):
-            half = 10 * max(up, down)
-            fir = sps.firwin(2 * half + 1, 1.0 / max(up, down), window=("kaiser", 5.0)) * up
-    return FilterDesign(sos, zi, padlen, np.ascontiguousarray(fir, dtype=np.float64), up, down,
-                        hp_order, lp_order, q)
-
-
-@functools.lru_cache(maxsize=64)
-def _design_tensors(design_key: tuple, device: str):
-    d = filter_design(*design_key)
-    as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64)).to(device)  # noqa: E731
-    return as_t(d.sos.reshape(-1, 6)), as_t(d.zi.reshape(-1, 2)), as_t(d.fir)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# float64 reference (numpy/scipy), the spec written out step by step
-# ---------------------------------------------------------------------------------------------------------
-def _repair(v: np.ndarray, invalid: np.ndarray):
-    """Interpolate invalid runs in place; returns (repaired, all_invalid) per row."""
-    repaired = invalid.any(axis=1)
-    all_invalid = invalid.all(axis=1)
-    t = np.arange(v.shape[1])
-    for i in np.flatnonzero(repaired & ~all_invalid):
-        ok = ~invalid[i]
-        # np.interp holds the first/last valid value outside the valid range: the spec's edge rule
-        v[i, ~ok] = np.interp(t[~ok], t[ok], v[i, ok])
-    v[all_invalid] = 0.0
-    return repaired, all_invalid
-
-
-def _zero_phase(sos: np.ndarray, zi: np.ndarray, v: np.ndarray, padlen: int) -> np.ndarray:
-    if len(sos) == 0:
-        return v
-    n, t = v.shape
-    p = min(padlen, t - 1)
-    if p > 0:
-        left = 2 * v[:, :1] - v[:, p:0:-1]
-        right = 2 * v[:, -1:] - v[:, -2:-p - 2:-1]
-        ext = np.concatenate([left, v, right], axis=1)
-    else:
-        ext = v
-    y, _ = sps.sosfilt(sos, ext, axis=1, zi=zi[:, None, :] * ext[None, :, :1])
-    y = y[:, ::-1]
-    y, _ = sps.sosfilt(sos, y, axis=1, zi=zi[:, None, :] * y[None, :, :1])
-    return np.array(y[:, ::-1][:, p:p + t], order="C")
-
-
-def _resample(y: np.ndarray, fir: np.ndarray, up: int, down: int) -> np.ndarray:
-    """out[n] = sum_k fir[k] u[n*down + half - k] (u = y zero-stuffed by up), n < ceil(T*up/down)."""
-    if up == 1 and down == 1:
-        return y
-    t = y.shape[1]
-    t_out = -(-t * up // down)
-    half = (len(fir) - 1) // 2
-    pre = (-half) % down  # shift the filter so that the first kept output lands on a multiple of down
-    h = np.concatenate([np.zeros(pre), fir])
-    full = sps.upfirdn(h, y, up, down, axis=1)
-    first = (half + pre) // down
-    return full[:, first:first + t_out]
-
-
-def _normalize(y: np.ndarray, mode: int, dead: np.ndarray) -> np.ndarray:
-    if mode == 0:
-        return y
-    mean = y.mean(axis=1, keepdims=True)
-    std = y.std(axis=1, keepdims=True)
-    zs = (y - mean) / np.where(std > ZERO_SCALE, std, 1.0)
-    if mode == 1:
-        dead |= std[:, 0] <= ZERO_SCALE
-        return zs
-    med = np.median(y, axis=1, keepdims=True)
-    mad = MAD_TO_SIGMA * np.median(np.abs(y - med), axis=1, keepdims=True)
-    robust_ok = mad[:, 0] > MAD_TO_SIGMA * ZERO_SCALE
-    dead |= ~robust_ok & (std[:, 0] <= ZERO_SCALE)
-    return np.where(robust_ok[:, None], (y - med) / np.where(robust_ok[:, None], mad, 1.0), zs)
-
-
-def preprocess_reference(signal, gain, baseline, sos, zi, padlen, fir, up, down, normalize):
-    """float64 numpy/scipy implementation of ``torch.ops.ecgkt.preprocess`` (same arguments)."""
-    x = signal.detach().cpu()
-    is_int16 = x.dtype == torch.int16
-    xn = x.numpy() if x.dtype not in (torch.float16, torch.bfloat16) else x.float().numpy()
-    g = gain.detach().cpu().double().numpy()[:, None]
-    b = baseline.detach().cpu().double().numpy()[:, None]
-    v = (xn.astype(np.float64) - b) / g
-    invalid = (xn == INVALID_INT16) if is_int16 else ~np.isfinite(v)
-    repaired, dead = _repair(v, invalid)
-    flat = np.ptp(v, axis=1) <= FLAT_PTP if v.shape[1] else np.ones(len(v), bool)
-    dead |= flat
-    v[dead] = 0.0
-    sos_n = sos.detach().cpu().double().numpy().reshape(-1, 6)
-    zi_n = zi.detach().cpu().double().numpy().reshape(-1, 2)
-    y = _zero_phase(sos_n, zi_n, v, int(padlen))
-    y = _resample(y, fir.detach().cpu().double().numpy(), int(up), int(down))
-    y = _normalize(y, int(normalize), dead)
-    y[dead] = 0.0
-    flags = repaired.astype(np.int32) | (dead.astype(np.int32) << 1)
-    out_dtype = torch.float64 if signal.dtype == torch.float64 else torch.float32
-    out = torch.from_numpy(np.array(y, order="C")).to(device=signal.device, dtype=out_dtype)  # a copy: no negative strides
-    return out, torch.from_numpy(flags).to(signal.device)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -408,7 +159,7 @@ def _per_lead(name: str, value, b: int, l: int, batched: bool, required: bool, d
 
 def _run_triton(*args):
     try:
-        from ..kernels.preprocess import preprocess_triton
+        from ...kernels.preprocess import preprocess_triton
     except ImportError as e:
         raise ECGKTError(f"backend='triton' needs the triton package ({e}); pip install 'ecgkt[triton]'") from None
     return preprocess_triton(*args)
