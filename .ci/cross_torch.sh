@@ -11,7 +11,14 @@ CUDA_VENV=${ECGKT_CUDA_VENV:-$ROOT/.venv-cuda}
 "$CUDA_VENV/bin/pip" install -q --force-reinstall --no-deps "$WHEEL"
 (cd /tmp && "$CUDA_VENV/bin/python" "$ROOT/.ci/check_wheel.py" --other-torch)
 
-PY312=$(command -v python3.12 || ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12*/bin/python3 2>/dev/null | head -1 || true)
+# a pyenv shim on PATH may exist and still refuse to run: take the first candidate that runs
+PY312=""
+for candidate in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12*/bin/python3 "$(command -v python3.12 || true)"; do
+  if [ -n "$candidate" ] && [ -x "$candidate" ] && "$candidate" -c "import sys; assert sys.version_info[:2] == (3, 12)" 2>/dev/null; then
+    PY312=$candidate
+    break
+  fi
+done
 if [ -z "$PY312" ]; then
   echo "cross-torch: no Python 3.12 on this machine; the abi3 wheel was not loaded under a second Python"
   exit 0

@@ -92,6 +92,33 @@ def test_large_logit_scale_does_not_overflow(kind):
 
 
 @needs_ops
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_clip_tiles_of_narrow_and_wide_logit_range_in_one_call(dtype):
+    """The CPU kernel reduces a tile with one exp pass when its logits span a narrow range and with two
+    (row and column maxima) when they span a wide one; a call whose tiles take both paths (rows of small
+    norm in the first 256-row tile, unit rows after it; 700 columns = two column tiles) matches the reference."""
+    g = torch.Generator().manual_seed(11)
+    a = torch.nn.functional.normalize(torch.randn(601, 40, generator=g, dtype=torch.float64), dim=-1)
+    a[:256] *= 0.1
+    b = torch.nn.functional.normalize(torch.randn(700, 40, generator=g, dtype=torch.float64), dim=-1)
+    s = torch.tensor(150.0 if dtype == torch.float32 else 1000.0, dtype=torch.float64)
+    limit = 80.0 if dtype == torch.float32 else 700.0  # the kernel's one-pass range (kOneExpRange)
+    logits = s * a @ b.T
+    first, second = logits[:256, :512], logits[256:512, :512]
+    assert first.max() - first.min() < limit < second.max() - second.min()
+    gr, gc = torch.randn(601, generator=g, dtype=torch.float64), torch.randn(700, generator=g, dtype=torch.float64)
+    row, col = torch.ops.ecgkt.clip_block_lse(a.to(dtype), b.to(dtype), s.to(dtype))
+    ref_row, ref_col = reference.clip_block_lse_reference(a, b, s)
+    _close(row, ref_row, TOL[dtype], "row_lse")
+    _close(col, ref_col, TOL[dtype], "col_lse")
+    got = torch.ops.ecgkt.clip_block_lse_backward(a.to(dtype), b.to(dtype), s.to(dtype), row, col, gr.to(dtype),
+                                                  gc.to(dtype))
+    ref = reference.clip_block_lse_backward_reference(a, b, s, ref_row, ref_col, gr, gc)
+    for name, x, r in zip(("a", "b", "scale"), got, ref):
+        _close(x, r, TOL[dtype] * 4, f"clip grad {name}", floor=float(s) / 601)
+
+
+@needs_ops
 @pytest.mark.parametrize("rows,cols,dim", [(1, 300, 48), (300, 37, 256), (37, 1, 48), (700, 530, 33)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 def test_block_ops_rectangular_match_reference(rows, cols, dim, dtype):

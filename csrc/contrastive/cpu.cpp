@@ -34,7 +34,46 @@ constexpr int64_t kMaxSlotBytes = int64_t(1) << 30;
 // softplus(x) = x above this (ATen's default threshold: log1p(exp(x)) == x in float32 there)
 constexpr double kSoftplusThreshold = 20;
 
+// A tile whose logits span at most this range (max - min) is reduced with one exp pass, every value
+// taken relative to the tile's maximum: exp(-range) and exp(range) stay normal numbers (float32 ~ e^+-87),
+// so nothing underflows that matters or overflows. Wider tiles (large logit scales) take two passes,
+// relative to their row and column maxima. Chosen per tile from the data: still deterministic.
+template <typename T>
+constexpr T kOneExpRange = sizeof(T) == 8 ? T(700) : T(80);
+
 int64_t num_blocks(int64_t n, int64_t tile) { return (n + tile - 1) / tile; }
+
+// (min, max) of n values
+template <typename T>
+std::pair<T, T> min_max(const T* p, int64_t n) {
+  T lo = std::numeric_limits<T>::infinity(), hi = -std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(min : lo) reduction(max : hi)
+  for (int64_t k = 0; k < n; ++k) {
+    lo = std::min(lo, p[k]);
+    hi = std::max(hi, p[k]);
+  }
+  return {lo, hi};
+}
+
+// W = exp(L - ref), element-wise over n values (ATen's vectorised exp)
+template <typename T>
+void exp_minus(const Tensor& scratch, const T* L, T ref, int64_t n) {
+  T* W = scratch.mutable_data_ptr<T>();
+#pragma omp simd
+  for (int64_t k = 0; k < n; ++k) W[k] = L[k] - ref;
+  inplace("aten::exp_", scratch);
+}
+
+// Adds `add` (a sum of exp(x - ref)) into the running state (state_max, state_sum) of one row or column.
+template <typename T>
+void accumulate(T& state_max, T& state_sum, T ref, T add) {
+  if (state_max >= ref) {
+    state_sum += add * std::exp(ref - state_max);
+  } else {
+    state_sum = state_sum * std::exp(state_max - ref) + add;
+    state_max = ref;
+  }
+}
 
 Tensor rows_of(const Tensor& t, int64_t start, int64_t n) {
   Tensor self = t;
@@ -118,7 +157,25 @@ void online_lse(const Tensor& tile, const Tensor& scratch, int64_t m, int64_t n,
                 T* csum) {
   const T* L = tile.const_data_ptr<T>();
   T* W = scratch.mutable_data_ptr<T>();
-  std::vector<T> new_cmax(cmax, cmax + n);
+  const auto [lo, hi] = min_max(L, m * n);
+  if (hi - lo <= kOneExpRange<T>) {  // one exp pass, relative to the tile maximum
+    exp_minus(scratch, L, hi, m * n);
+    std::vector<T> col(W, W + n);
+    for (int64_t i = 0; i < m; ++i) {
+      const T* w = W + i * n;
+      T s = 0;
+#pragma omp simd reduction(+ : s)
+      for (int64_t j = 0; j < n; ++j) s += w[j];
+      if (i > 0) {
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) col[j] += w[j];
+      }
+      accumulate(rmax[i], rsum[i], hi, s);
+    }
+    for (int64_t j = 0; j < n; ++j) accumulate(cmax[j], csum[j], hi, col[j]);
+    return;
+  }
+  std::vector<T> new_cmax(cmax, cmax + n);  // two passes, relative to the row and the column maxima
   T* ncm = new_cmax.data();
   for (int64_t i = 0; i < m; ++i) {  // row maxima, column maxima, W = L - row max
     const T* row = L + i * n;
@@ -294,6 +351,21 @@ std::tuple<Tensor, Tensor, Tensor> clip_block_lse_backward_cpu(Tensor a_in, Tens
     auto fill = [&](const Tensor& logits, const Tensor& scratch, int64_t i0, int64_t m, int64_t j0, int64_t n) {
       T* L = logits.mutable_data_ptr<T>();
       T* W = scratch.mutable_data_ptr<T>();
+      const auto [lo, hi] = min_max(L, m * n);
+      if (hi - lo <= kOneExpRange<T>) {
+        // one exp pass: dL = exp(L - hi) * (u_i + v_j), u_i = grad_row_i exp(hi - row_lse_i), v_j likewise;
+        // hi - row_lse_i <= hi - lo (a row's lse is at least its largest logit in this tile), so no overflow
+        std::vector<T> u(m), v(n);
+        for (int64_t i = 0; i < m; ++i) u[i] = gr[i0 + i] * std::exp(hi - rl[i0 + i]);
+        for (int64_t j = 0; j < n; ++j) v[j] = gc[j0 + j] * std::exp(hi - cl[j0 + j]);
+        exp_minus(scratch, L, hi, m * n);
+        for (int64_t i = 0; i < m; ++i) {
+          const T ui = u[i];
+#pragma omp simd
+          for (int64_t j = 0; j < n; ++j) L[i * n + j] = W[i * n + j] * (ui + v[j]);
+        }
+        return;
+      }
       for (int64_t i = 0; i < m; ++i)
 #pragma omp simd
         for (int64_t j = 0; j < n; ++j) {
