@@ -97,7 +97,7 @@ def ratio_table(ratios: list[dict], kernels: list[str]) -> list[str]:
         return []
     out = ["| ratio (p50 / p50, same run) | at | value | target |", "|---|---|---:|---|"]
     for r in sel:
-        target = "" if r["target"] is None else f"≥ {r['target']:g}: {'met' if r['met'] else '**not met**'}"
+        target = "" if r["target"] is None else f"≥ {r['target']:.3g}: {'met' if r['met'] else '**not met**'}"
         out.append(f"| {r['title']} | {r['x_name']} = {r['x']} | **{r['ratio']:.2f}×** | {target} |")
     return out + [""]
 
@@ -187,7 +187,7 @@ def render(results: dict, results_path: Path, out_path: Path) -> str:
                      f"{t['metric']} | {t['value']:,.0f} {t['metric']} | {'met' if t['met'] else '**not met**'} |")
     for r in results["ratios"]:
         if r["target"] is not None:
-            lines.append(f"| {r['title']} ({r['x_name']} = {r['x']}) ≥ {r['target']:g}× | {r['ratio']:.2f}× | "
+            lines.append(f"| {r['title']} ({r['x_name']} = {r['x']}) ≥ {r['target']:.3g}× | {r['ratio']:.2f}× | "
                          f"{'met' if r['met'] else '**not met**'} |")
     lines += ["", "Ratios are p50 / p50 of two contenders in this run (for times and memory: the peer's over "
               "ecgkt's); a ratio target is judged at the largest size both contenders ran.", ""]
