@@ -36,6 +36,8 @@ print("CUDA build OK: torch", torch.__version__, "CUDA", torch.version.cuda, "op
 PY
 )
 "$VENV/bin/python" "$ROOT/.ci/check_stable_abi.py" "$(ls "$SITE"/ecgkt/_C*.so)"
+# on this GPU-less machine the CUDA wheel runs its compiled CPU kernels, with reference results
+(cd /tmp && "$VENV/bin/python" "$ROOT/.ci/check_wheel.py")
 # machine code for each listed arch and PTX for the highest (newer GPUs JIT it instead of failing)
 CUOBJDUMP=$(command -v cuobjdump || ls "$CUDA_HOME"/bin/cuobjdump "$SITE"/triton/backends/nvidia/bin/cuobjdump 2>/dev/null | head -1 || true)
 if [ -n "$CUOBJDUMP" ]; then

@@ -2,7 +2,8 @@
 (one std::thread per CUDA thread, real barriers and warp shuffles), against the float64 reference.
 
 This checks the kernel's logic (chunked scan, repair scans, tiling, global staging, resampling,
-z-score) on machines without a GPU; tests/test_preprocess_triton.py has the on-GPU comparison."""
+z-score, and the robust normalisation's element-wise kernels around torch's order statistics) on machines
+without a GPU; tests/test_preprocess_triton.py has the on-GPU comparison."""
 import ctypes
 import pathlib
 import shutil
@@ -23,7 +24,7 @@ TOL = {torch.float32: 1e-4, torch.int16: 1e-4, torch.float64: 1e-9}
 
 
 @pytest.fixture(scope="module")
-def kernel(tmp_path_factory):
+def library(tmp_path_factory):
     cxx = shutil.which("g++") or shutil.which("c++")
     if cxx is None:
         pytest.skip("no C++ compiler to build the CUDA-kernel emulation")
@@ -31,7 +32,12 @@ def kernel(tmp_path_factory):
     cmd = [cxx, "-std=c++20", "-O1", "-pthread", "-shared", "-fPIC", "-DECGKT_CUDA_EMULATION",
            "-Wno-unknown-pragmas", "-x", "c++", str(SOURCE), "-o", str(lib)]
     subprocess.run(cmd, check=True, capture_output=True)
-    fn = ctypes.CDLL(str(lib)).ecgkt_emulated_preprocess
+    return ctypes.CDLL(str(lib))
+
+
+@pytest.fixture(scope="module")
+def kernel(library):
+    fn = library.ecgkt_emulated_preprocess
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 5 + [ctypes.c_int] * 4 + [ctypes.c_void_p] + \
         [ctypes.c_int] * 4 + [ctypes.c_void_p] * 2 + [ctypes.c_int, ctypes.c_longlong]
@@ -141,3 +147,36 @@ def test_no_filter_and_short_rows(kernel):
     for t in (1, 2, 5):
         x = _signal(2, t, seed=7 + t).float()
         _check(*_run(kernel, x, torch.ones(2), torch.zeros(2), filter_design(500.0), 1), torch.float32)
+
+
+@pytest.mark.parametrize("t", [401, 400])  # odd and even counts: the median of an even count is a mean
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_robust_normalisation_kernels(library, kernel, dtype, t):
+    """The GPU path's robust normalisation: order statistics, mean and variance from torch (what the CUDA
+    wrapper calls through the dispatcher) around the two element-wise kernels of cuda.cu, emulated. Rows: a
+    signal, a flat lead (zeros, flag bit 1), a MAD of 0 with a non-zero std (the z-score fallback)."""
+    x = _signal(4, t, seed=21)
+    x[1] = 0.3
+    x[2] = 0.0
+    x[2, [5, 77, 200]] = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    x = x.to(dtype)
+    gain, base = torch.ones(4), torch.zeros(4)
+    design = filter_design(500.0, None, None, None)  # no filter: row 2 keeps its MAD of 0
+    out, flags, _, _ = _run(kernel, x, gain, base, design, normalize=0)
+    t_ = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))  # noqa: E731
+    ref, ref_flags = preprocess_reference(x, gain, base, t_(design.sos.reshape(-1, 6)), t_(design.zi.reshape(-1, 2)),
+                                          design.padlen, t_(design.fir), design.up, design.down, 2)
+
+    code, n, total = DTYPE_CODE[dtype], out.shape[1], out.numel()
+    ptr = lambda a: ctypes.c_void_p(a.data_ptr())  # noqa: E731
+    kth = lambda v, k: v.kthvalue(k, 1, keepdim=True).values.contiguous()  # noqa: E731
+    lo, hi = kth(out, (n + 1) // 2), kth(out, n // 2 + 1)
+    dev = torch.empty_like(out)
+    library.ecgkt_emulated_abs_deviation(code, ptr(dev), ptr(out), ptr(lo), ptr(hi), ctypes.c_longlong(n),
+                                         ctypes.c_longlong(total))
+    mad_lo, mad_hi = kth(dev, (n + 1) // 2), kth(dev, n // 2 + 1)
+    mean, var = out.mean(1, keepdim=True), out.var(1, unbiased=False, keepdim=True)
+    library.ecgkt_emulated_robust_apply(code, ptr(out), ptr(flags), ptr(lo), ptr(hi), ptr(mad_lo), ptr(mad_hi),
+                                        ptr(mean), ptr(var), ctypes.c_longlong(n), ctypes.c_longlong(total))
+    assert float(mad_lo[2]) == 0.0 and float(out[2].abs().max()) > 0  # the fallback branch ran
+    _check(out, flags, ref, ref_flags, dtype)

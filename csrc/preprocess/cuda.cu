@@ -606,6 +606,8 @@ Params<acc_t> make_params(const void* x, const float* gain, const float* baselin
   return p;
 }
 
+constexpr int kElementwiseThreads = 256;
+
 // Robust normalisation's element-wise steps over a chunk of rows (n samples each), after the order
 // statistics: lo/hi are the (n+1)/2-th and (n/2+1)-th smallest values of a row (equal for odd n), the
 // median their mean. One thread per sample.
@@ -686,7 +688,6 @@ void launch(const Tensor& x, const Tensor& gain, const Tensor& baseline, const T
 // Bounded memory (the same function as robust_normalize in kernels/preprocess.py): chunks of rows of about
 // kRobustChunkElements samples, medians as order statistics (kthvalue), not a sort of the whole output.
 constexpr int64_t kRobustChunkElements = int64_t(1) << 24;
-constexpr int kElementwiseThreads = 256;
 
 // The k-th smallest value of each row of `v` [rows, n], as [rows, 1].
 Tensor kth_smallest(const Tensor& v, int64_t k) {
@@ -808,7 +809,43 @@ void emulate(const void* x, const float* gain, const float* baseline, const doub
 }  // namespace
 }  // namespace ecgkt
 
-// dtype: 0 float32, 1 float64, 2 int16. normalize: 0 or 1 (robust uses ATen on the GPU path).
+// The robust normalisation's two element-wise kernels, for the test to drive (it computes the order statistics,
+// mean and variance with torch, as the GPU path does through the dispatcher). dtype: 0 float32, 1 float64.
+inline unsigned elementwise_grid(long long total) {
+  return static_cast<unsigned>((total + ecgkt::kElementwiseThreads - 1) / ecgkt::kElementwiseThreads);
+}
+
+extern "C" int ecgkt_emulated_abs_deviation(int dtype, void* dev, const void* out, const void* lo, const void* hi,
+                                            long long n, long long total) {
+  using namespace ecgkt;
+  if (dtype == 0)
+    emu_launch(abs_deviation_kernel<float>, elementwise_grid(total), kElementwiseThreads, 0,
+               static_cast<float*>(dev), static_cast<const float*>(out), static_cast<const float*>(lo),
+               static_cast<const float*>(hi), int64_t(n), int64_t(total));
+  else
+    emu_launch(abs_deviation_kernel<double>, elementwise_grid(total), kElementwiseThreads, 0,
+               static_cast<double*>(dev), static_cast<const double*>(out), static_cast<const double*>(lo),
+               static_cast<const double*>(hi), int64_t(n), int64_t(total));
+  return 0;
+}
+
+extern "C" int ecgkt_emulated_robust_apply(int dtype, void* out, int32_t* flags, const void* lo, const void* hi,
+                                           const void* mad_lo, const void* mad_hi, const void* mean,
+                                           const void* var, long long n, long long total) {
+  using namespace ecgkt;
+  auto run = [&](auto zero) {
+    using T = decltype(zero);
+    emu_launch(robust_apply_kernel<T>, elementwise_grid(total), kElementwiseThreads, 0, static_cast<T*>(out),
+               flags, static_cast<const T*>(lo), static_cast<const T*>(hi), static_cast<const T*>(mad_lo),
+               static_cast<const T*>(mad_hi), static_cast<const T*>(mean), static_cast<const T*>(var), int64_t(n),
+               int64_t(total));
+  };
+  if (dtype == 0) run(float(0));
+  else run(double(0));
+  return 0;
+}
+
+// dtype: 0 float32, 1 float64, 2 int16. normalize: 0 or 1 (robust: the two kernels above, driven by the caller).
 // Returns the number of threads per block used.
 extern "C" int ecgkt_emulated_preprocess(int dtype, const void* x, const float* gain, const float* baseline,
                                          const double* sos, const double* zi, int S, int N, int T, int padlen,

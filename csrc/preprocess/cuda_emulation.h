@@ -72,8 +72,8 @@ using std::max;
 using std::min;
 using std::sqrt;
 
-template <typename Kernel, typename Params>
-void emu_launch(Kernel kernel, unsigned grid, unsigned threads, size_t smem_bytes, const Params& p) {
+template <typename Kernel, typename... Args>
+void emu_launch(Kernel kernel, unsigned grid, unsigned threads, size_t smem_bytes, const Args&... args) {
   for (unsigned b = 0; b < grid; ++b) {
     emu::Block block(threads, smem_bytes);
     std::vector<std::thread> pool;
@@ -84,7 +84,7 @@ void emu_launch(Kernel kernel, unsigned grid, unsigned threads, size_t smem_byte
         threadIdx.x = t;
         blockIdx.x = b;
         blockDim.x = threads;
-        kernel(p);
+        kernel(args...);
       });
     for (auto& th : pool) th.join();
   }
