@@ -113,6 +113,9 @@ def format_text(info: dict) -> str:
     if built:
         lines.append(f"  built against torch {built.get('torch')}, CUDA kernels: "
                      f"{'yes (CUDA ' + str(built.get('cuda')) + ')' if built.get('with_cuda') else 'no'}")
+        if built.get("min_torch"):
+            lines.append(f"  stable ABI: loads into torch >= {built['min_torch']} "
+                         f"(this torch: {info['torch']['version']})")
     if ext["reason_not_loaded"]:
         lines.append(f"  why not: {ext['reason_not_loaded']}")
     hw = info["hardware"]

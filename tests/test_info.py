@@ -34,6 +34,14 @@ def test_this_build_reports_its_compiled_kernels(capsys):
     assert got["extension"]["file"] and got["extension"]["file"].endswith(".so")
     assert got["extension"]["built_against"]["torch"] == _extension.build_info["torch"]
     assert all(w["cpu"] == "compiled C++ (ecgkt._C)" for w in got["backends"].values())
+    assert got["extension"]["built_against"]["min_torch"] == _extension.build_info["min_torch"]
+
+
+@pytest.mark.skipif(os.environ.get("ECGKT_DISABLE_EXTENSION") == "1", reason="ECGKT_DISABLE_EXTENSION=1 is set")
+def test_text_names_the_oldest_torch_the_build_loads_into():
+    r = subprocess.run([sys.executable, "-m", "ecgkt.info"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert f"stable ABI: loads into torch >= {_extension.build_info['min_torch']}" in r.stdout, r.stdout
 
 
 def test_without_the_extension_it_says_why_in_text():
