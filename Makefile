@@ -22,7 +22,7 @@ $(VENV)/.installed:
 # ecgkt[test] and its C++ extension, built once here and again only when a C++/CUDA source or
 # pyproject.toml changed.
 $(VENV)/.built: $(VENV)/.installed pyproject.toml $(SOURCES)
-	@echo "ecgkt: compiling the C++ extension and installing ecgkt[test] (about 5 minutes on 2 cores)"
+	@echo "ecgkt: compiling the C++ extension and installing ecgkt[test] (the compile takes about 15 s on 2 cores; downloading the test dependencies may take longer)"
 	$(PY) -m pip install -q --no-build-isolation -e ".[test]"
 	touch $@
 
