@@ -12,6 +12,7 @@ import os
 import warnings
 
 import torch
+from torch.torch_version import TorchVersion
 
 REBUILD_HINT = "rebuild with: pip install --no-build-isolation --force-reinstall --no-deps <ecgkt source>"
 
@@ -46,15 +47,6 @@ def _load() -> None:
     reason = ""
 
 
-def _version_tuple(version: str) -> tuple[int, ...]:
-    """(2, 14) for "2.14.1+cu130"."""
-    parts = []
-    for piece in version.split("+", 1)[0].split(".")[:2]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
-    return tuple(parts)
-
-
 def mismatch(info: dict, torch_version: str, cuda_version: str | None) -> str:
     """Why an extension built as ``info`` (ecgkt/_build_info.json) cannot load here ('' when it can).
 
@@ -71,7 +63,7 @@ def mismatch(info: dict, torch_version: str, cuda_version: str | None) -> str:
             f"ecgkt._C was built for torch {built} (CUDA {info.get('cuda')}) but torch {torch_version} "
             f"(CUDA {cuda_version}) is running; {REBUILD_HINT}"
         )
-    if _version_tuple(torch_version) < _version_tuple(minimum):
+    if TorchVersion(torch_version) < minimum:
         return (
             f"ecgkt._C needs torch >= {minimum} (it uses that version of the stable ABI) but torch "
             f"{torch_version} is running; upgrade torch, or {REBUILD_HINT}"

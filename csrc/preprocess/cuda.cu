@@ -79,36 +79,23 @@ struct Params {
 // ------------------------------------------------------------------------------------------------
 // input conversion
 // ------------------------------------------------------------------------------------------------
+template <typename T>
+__device__ __forceinline__ float to_float(T v) { return static_cast<float>(v); }
+#ifndef ECGKT_CUDA_EMULATION
+// torch's CUDA flags (__CUDA_NO_HALF_CONVERSIONS__ ...) disable the implicit conversions: explicit intrinsics
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+#endif
+
 template <typename in_t>
 struct Input {
   template <typename acc_t>
   static __device__ __forceinline__ acc_t load(const in_t* x, int i, acc_t base, acc_t gain, bool& bad) {
-    acc_t v = (static_cast<acc_t>(static_cast<float>(x[i])) - base) / gain;
+    acc_t v = (static_cast<acc_t>(to_float(x[i])) - base) / gain;
     bad = !isfinite(v);
     return v;
   }
 };
-#ifndef ECGKT_CUDA_EMULATION
-// torch's CUDA flags (__CUDA_NO_HALF_CONVERSIONS__ ...) disable the implicit conversions: explicit intrinsics
-template <>
-struct Input<__half> {
-  template <typename acc_t>
-  static __device__ __forceinline__ acc_t load(const __half* x, int i, acc_t base, acc_t gain, bool& bad) {
-    acc_t v = (static_cast<acc_t>(__half2float(x[i])) - base) / gain;
-    bad = !isfinite(v);
-    return v;
-  }
-};
-template <>
-struct Input<__nv_bfloat16> {
-  template <typename acc_t>
-  static __device__ __forceinline__ acc_t load(const __nv_bfloat16* x, int i, acc_t base, acc_t gain, bool& bad) {
-    acc_t v = (static_cast<acc_t>(__bfloat162float(x[i])) - base) / gain;
-    bad = !isfinite(v);
-    return v;
-  }
-};
-#endif
 template <>
 struct Input<double> {
   template <typename acc_t>
