@@ -88,10 +88,34 @@ def _torchrun_pretrain(run, *extra, restarts=0, data=None):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
 
 
+def _two_node_pretrain(run, *extra, data):
+    """Two torchrun agents on localhost as two nodes of one rank each, --max-restarts=2, TCPStore sharing off."""
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", "--max-restarts=2",
+           "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", f"--rdzv-id=nodes{port}",
+           "-m", "ecgkt.cli", "pretrain", "--out", str(run), "--no-progress", "--data", str(data)]
+    for item in TORCHRUN_SETTINGS + list(extra):
+        cmd += ["--set", item]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")
+    nodes = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    try:
+        outputs = [n.communicate(timeout=300) for n in nodes]
+    finally:
+        for n in nodes:
+            n.kill()
+    return [subprocess.CompletedProcess(cmd, n.returncode, out, err) for n, (out, err) in zip(nodes, outputs)]
+
+
 def test_torchrun_restarts_a_killed_worker_and_the_stage_resumes_where_it_stopped(tmp_path):
     """Rank 1 is SIGKILLed after epoch 1 of 3; rank 0 is then stuck in a collective. torchrun --max-restarts=1
     tears the group down and restarts it; the stage resumes from the epoch-1 checkpoint and ends with the same
-    weights and history as an uninterrupted 2-rank run."""
+    weights and history as an uninterrupted 2-rank run; so does the same kill with two simulated nodes."""
     a = _torchrun_pretrain(tmp_path / "a")
     assert a.returncode == 0, a.stderr[-3000:]
     assert a.stdout.count("stage 1 done") == 1  # rank 0 speaks for the group
@@ -105,8 +129,12 @@ def test_torchrun_restarts_a_killed_worker_and_the_stage_resumes_where_it_stoppe
     # ...and resubmitting it (what a scheduler does) resumes from the checkpoint as well
     again = _torchrun_pretrain(tmp_path / "lost", data=store)
     assert again.returncode == 0 and "[pretrain] epoch=1 " not in again.stdout, again.stderr[-3000:]
+    # two simulated nodes (one rank each, c10d rendezvous, the opt-out docs/training.md gives for several nodes)
+    nodes = _two_node_pretrain(tmp_path / "nodes", "runtime.fail_after=pretrain@1:kill", data=store)
+    assert all(n.returncode == 0 for n in nodes), [n.stderr[-3000:] for n in nodes]
+    assert "killing rank 1" in "".join(n.stderr for n in nodes)
     ref = checkpoint.load(tmp_path / "a/stages/pretrain/result.pt")
-    for run in ("b", "lost"):
+    for run in ("b", "lost", "nodes"):
         got = checkpoint.load(tmp_path / run / "stages/pretrain/result.pt")
         for k, v in ref["state"].items():
             assert torch.equal(got["state"][k], v), (run, k)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -51,15 +52,22 @@ def init(device_pref: str = "auto") -> DistEnv:
 
 
 def _init_process_group(backend: str) -> None:
-    """init_process_group from torchrun's environment, with the store keys of each restart attempt apart.
+    """init_process_group from torchrun's environment, safe across torchrun --max-restarts restarts.
 
-    After torchrun --max-restarts restarts a group, the workers can meet the previous attempt's keys in
-    the agent's store; gloo then dials the dead ranks' addresses and waits out its timeout (30 min) in
-    connectFullMesh (4 of 8 restarts here). A prefix per attempt keeps each attempt's keys apart. Only on one
-    node: there one agent starts every rank with the same restart count, whereas on several nodes the agents
-    count restarts separately (a healthy node's agent restarts without counting), so ranks would disagree."""
+    By default the workers of every restart attempt share one TCPStore (the rendezvous agent's), so a new
+    attempt can meet the previous attempt's keys; gloo then dials the dead ranks' addresses and waits out its
+    timeout (30 min) in connectFullMesh (4 of 8 one-node restarts here, 3 of 4 two-node ones). On one node a
+    key prefix per attempt keeps them apart: one agent starts every rank with the same restart count. On
+    several nodes the agents count restarts separately (a healthy node restarts without counting), so only
+    torch's opt-out, TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in torchrun's environment, gives each attempt a
+    fresh store; without it rank 0 says so once."""
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
     if attempt is None or os.environ.get("GROUP_WORLD_SIZE", "1") != "1":
+        if (attempt is not None and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+                and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0 and os.environ.get("RANK") == "0"):
+            print("ecgkt: note: torchrun --max-restarts on several nodes can hang after a restart unless "
+                  "torchrun runs with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (docs/training.md)", file=sys.stderr,
+                  flush=True)
         dist.init_process_group(backend)
         return
     store, rank, world = next(dist.rendezvous("env://"))
