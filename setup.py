@@ -110,10 +110,12 @@ def _extension():
 ext, build_ext = _extension()
 
 setup(
-    # every package under ecgkt/ (a hand-written list once left ecgkt.data.synth out of the wheel)
-    packages=find_packages(include=["ecgkt", "ecgkt.*"]) + ["ecgkt.kernels"],
-    # The Triton kernels live in the top-level kernels/ folder and ship as ecgkt.kernels.
-    package_dir={"ecgkt.kernels": "kernels"},
+    # every package under ecgkt/ (a hand-written list once left ecgkt.data.synth out of the wheel); the Triton
+    # kernels live in the top-level kernels/ folder and ship as ecgkt.kernels through the link ecgkt/kernels
+    packages=find_packages(include=["ecgkt", "ecgkt.*"]),
+    # The root as the one package root: an editable install then puts this folder on sys.path (a .pth) instead
+    # of an import hook, which Python, started beside a checkout named ecgkt, would bypass for that folder.
+    package_dir={"": "."},
     package_data={"ecgkt": ["_build_info.json", "configs/*.yaml", "predict/*.csv"]},
     ext_modules=[ext],
     cmdclass={"build_ext": build_ext},

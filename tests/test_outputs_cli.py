@@ -1,4 +1,5 @@
 """The command line on a first run: --help without torch, warnings as lines, the namespace-package trap."""
+import pathlib
 import subprocess
 import sys
 import types
@@ -47,3 +48,16 @@ def test_the_checkout_folder_imported_as_a_namespace_package_is_named(monkeypatc
     with pytest.raises(SystemExit) as e:
         cli.main(["--help"])
     assert "ecgkt: error:" in str(e.value) and str(tmp_path / "ecgkt") in str(e.value)
+
+
+def test_python_started_beside_a_checkout_named_ecgkt_imports_the_package(tmp_path):
+    """The editable install puts the checkout on sys.path (setup.py's package_dir), so a folder named ecgkt
+    in the working directory is only a namespace portion and the real package still wins."""
+    root = pathlib.Path(__file__).resolve().parents[1]
+    (tmp_path / "ecgkt").symlink_to(root)
+    r = subprocess.run([sys.executable, "-c", "import ecgkt, ecgkt.kernels.preprocess; print(ecgkt.__file__); "
+                        "print(callable(ecgkt.preprocess))"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    path, ok = r.stdout.split()
+    assert path.endswith("__init__.py") and ok == "True"
