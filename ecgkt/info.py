@@ -6,8 +6,6 @@ the ops are loaded by :func:`collect`. Triton is looked up, not imported (import
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 
@@ -134,27 +132,7 @@ def format_text(info: dict) -> str:
     return "\n".join(lines)
 
 
-def add_cli(subparsers) -> None:
-    p = subparsers.add_parser(
-        "info",
-        help="versions, the compiled extension and the backend of each op on this machine",
-        description=("Print the versions of ecgkt, Python, torch, triton and the other packages; whether the "
-                     "compiled extension ecgkt._C is in use (and why not); the machine and its GPUs; and which "
-                     "backend each torch.ops.ecgkt op runs on CPU and CUDA tensors. The first thing to run "
-                     "when something is slow or a warning mentions the pure-torch reference."),
-    )
-    p.add_argument("--json", action="store_true", help="print strict JSON instead of text")
-    p.set_defaults(func=run)
-
-
-def run(args) -> int:
-    info = collect()
-    print(json.dumps(info, indent=1, allow_nan=False) if args.json else format_text(info))
-    return 0
-
-
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m ecgkt.info")
-    sub = parser.add_subparsers()
-    add_cli(sub)
-    sys.exit(run(parser.parse_args(["info", *sys.argv[1:]])))
+    from ecgkt.cli import main
+
+    sys.exit(main(["info", *sys.argv[1:]]))

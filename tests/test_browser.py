@@ -8,7 +8,7 @@ import pytest
 
 from ecgkt.data.wfdb_io import STANDARD_LEADS
 from ecgkt.predict import report
-from ecgkt.predict.cli import Display
+from ecgkt.predict.display import Display
 from ecgkt.predict.explanations import ExplanationGate, gate_config
 from predict_helpers import synthetic_ecg
 from test_report import fake_result

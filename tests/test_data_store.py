@@ -182,7 +182,7 @@ def test_store_errors(tmp_path, tiny):
 
 
 def test_prepare_cli(tiny, tmp_path, capsys):
-    from ecgkt.data.prepare_cli import add_cli
+    from ecgkt.cli.prepare import add_cli
 
     root, _ = tiny
     parser = argparse.ArgumentParser()

@@ -5,7 +5,7 @@ import pytest
 
 from ecgkt.data.wfdb_io import STANDARD_LEADS
 from ecgkt.predict import report
-from ecgkt.predict.cli import Display
+from ecgkt.predict.display import Display
 from ecgkt.predict.explanations import ExplanationGate, explain, gate_config
 from ecgkt.predict.inference import RecordResult
 from predict_helpers import make_model, run_cli, synthetic_ecg

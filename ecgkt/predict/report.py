@@ -104,7 +104,7 @@ def draw_ecg(ax, signal_mv: np.ndarray, fs: float, leads) -> None:
 
 
 def _default_display(result):
-    from .cli import Display
+    from .display import Display
 
     return Display.for_result(result)
 

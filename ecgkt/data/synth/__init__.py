@@ -11,11 +11,10 @@ Modules: ``rules`` (the rule table), ``config`` (SynthConfig), ``population`` (s
 encounters, latent state), ``physiology`` (state -> beat-model parameters), ``beat_model``
 (waveform rendering), ``coding`` (machine statements, ICD codes), ``mimic_ecg`` / ``mimic_clinical``
 (the MIMIC-IV-ECG and MIMIC-IV tables), ``generator`` (``generate``), ``labels`` (label groups
-and ECG-oracle features for the evaluation), ``cli`` (``ecgkt synth``).
+and ECG-oracle features for the evaluation).
 
 Deterministic: the same seed and config give the same files, byte for byte.
 """
-from .cli import add_cli  # import-light: `ecgkt --help` does not load the generator
 
 # name -> module; loaded on first use so that the command line stays fast
 _LAZY = {"SynthConfig": "config", "generate": "generator", "MISSING": "mimic_ecg", "Simulation": "population",
@@ -31,4 +30,4 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["add_cli", *_LAZY]
+__all__ = [*_LAZY]

@@ -26,7 +26,7 @@ numpy/scipy reference. The op is not differentiable: its outputs never require g
 
 Layout: ``spec`` (the constants), ``design`` (filter design), ``reference`` (the float64 reference); this
 module registers the op's Python parts and holds the public face. The ``ecgkt preprocess`` command is
-``ecgkt/ops/preprocess_cli.py``, outside this package, so that ``ecgkt --help`` never imports torch.
+``ecgkt/cli/preprocess.py``, outside this package, so that ``ecgkt --help`` never imports torch.
 """
 from __future__ import annotations
 

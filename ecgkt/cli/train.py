@@ -85,7 +85,7 @@ def add_cli(subparsers) -> None:
 
 
 def resolve_config(args) -> dict:
-    from .config import resolve
+    from ..train.config import resolve
 
     overrides = list(args.overrides) + ([f"seed={args.seed}"] if args.seed is not None else [])
     preset = getattr(args, "preset", None)
@@ -123,7 +123,7 @@ def check_run_folder(args) -> None:
 
 
 def _context(args):
-    from . import distributed, pipeline, stages
+    from ..train import distributed, pipeline, stages
 
     check_run_folder(args)
     cfg = resolve_config(args)
@@ -138,7 +138,7 @@ def _context(args):
 
 def _run_jobs(ctx, names, workers=None):
     """Runs the named jobs of the plan and whatever they depend on (finished ones are loaded)."""
-    from . import pipeline, plan, runner
+    from ..train import pipeline, plan, runner
 
     jobs = plan.closure(plan.build(ctx.cfg), names)
     runner.run(ctx, jobs, workers or pipeline._workers(ctx.cfg, ctx.env),
@@ -148,7 +148,7 @@ def _run_jobs(ctx, names, workers=None):
 
 def cmd_pipeline(args) -> int:
     from ..evaluate import report
-    from . import pipeline
+    from ..train import pipeline
 
     t0 = time.time()
     check_run_folder(args)
@@ -180,7 +180,7 @@ def cmd_train_labs(args) -> int:
 
 
 def cmd_finetune(args) -> int:
-    from . import pipeline
+    from ..train import pipeline
 
     ctx = _context(args)
     r = _run_jobs(ctx, ["final_labs"])
@@ -204,7 +204,7 @@ def cmd_baseline(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from ..evaluate import report
-    from . import pipeline, plan
+    from ..train import pipeline, plan
 
     ctx = _context(args)
     if not ctx.env.is_main:

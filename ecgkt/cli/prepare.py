@@ -42,8 +42,8 @@ def add_cli(subparsers) -> None:
 
 
 def run(args) -> int:
-    from .mimic import CohortConfig
-    from .store import prepare
+    from ..data.mimic import CohortConfig
+    from ..data.store import prepare
 
     if args.data and (args.ecg_root or args.clinical_root):
         raise ECGKTError("--data: give either --data or --ecg-root/--clinical-root, not both")

@@ -2,8 +2,8 @@
 generator itself load only when the command runs, so ``ecgkt --help`` stays fast)."""
 from __future__ import annotations
 
-from ...errors import ECGKTError
-from .rules import RULES
+from ..errors import ECGKTError
+from ..data.synth.rules import RULES
 
 
 def _parse_rule(text: str) -> tuple[str, float]:
@@ -17,8 +17,8 @@ def _parse_rule(text: str) -> tuple[str, float]:
 
 
 def _run(args) -> int:
-    from .config import SynthConfig
-    from .generator import generate
+    from ..data.synth.config import SynthConfig
+    from ..data.synth.generator import generate
 
     rules = dict(_parse_rule(r) for r in args.rule or [])
     cfg = SynthConfig(rules=rules, waveforms=not args.no_waveforms)

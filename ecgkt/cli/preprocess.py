@@ -61,7 +61,7 @@ def run(args) -> int:
     import numpy as np
     import torch
 
-    from .preprocess import preprocess
+    from ..ops.preprocess import preprocess
 
     sig, fs, gain, baseline, names = read_wfdb(args.record)
     res = preprocess(sig, fs, highpass=args.highpass, lowpass=args.lowpass, notch=args.notch,

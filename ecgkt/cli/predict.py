@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..errors import ECGKTError
 from ..io import describe_os_error, dumps_json, temp_path
+from ..predict.display import Display
 
 PREDICT_HELP = """\
 Score ECG records with a saved ECG-only model: diagnosis probabilities by name ("I48.9 Unspecified
@@ -91,46 +92,6 @@ def _load_model(path: str):
     return ECGKTModel.from_pretrained(folder)
 
 
-class Display:
-    """How one model's results read: label names (ecgkt.labels) and the evidence gate of its explanations
-    (ecgkt.predict.explanations), from the model's config or given."""
-
-    def __init__(self, model=None, labels=None, gate=None):
-        from ..labels import Labels
-        from .explanations import ExplanationGate
-
-        self.labels = labels or Labels.for_model(model)
-        self.gate = gate or ExplanationGate.from_config(getattr(model, "config", {}))
-
-    @classmethod
-    def for_result(cls, result, gate=None) -> "Display":
-        """Names from a result's own label keys; without ``gate`` no lab explanations (nothing to gate on)."""
-        from ..labels import Labels
-        from .explanations import ExplanationGate
-
-        return cls(labels=Labels.for_names([k for k, _ in result.diagnoses], [f.output for f in result.labs]),
-                   gate=gate or ExplanationGate(None))
-
-    def top(self, result, k: int):
-        """[(display line, probability)] of the k most probable diagnoses, each parent shown once."""
-        return [(self.labels.line(key, folded), p) for key, p, folded in self.labels.top(result.diagnoses, k)]
-
-    def explanation(self, result):
-        return self.gate.explanation(result.labs, result.lab_threshold)
-
-    def sentences(self, result) -> list[str]:
-        return self.gate.sentences(result.labs, result.lab_threshold)
-
-    def to_dict(self, result) -> dict:
-        d = result.to_dict()
-        d["diagnosis_names"] = {key: self.labels.name(key) for key, _ in result.diagnoses}
-        d["top_diagnoses"] = [{"label": key, "name": self.labels.name(key), "probability": round(p, 6),
-                               "parents_shown_here": [f for f, _ in folded]}
-                              for key, p, folded in self.labels.top(result.diagnoses, len(result.diagnoses))]
-        d["explanation"] = self.gate.explanation_dicts(result.labs, result.lab_threshold)
-        return d
-
-
 def _table_block(result, top: int, display: Display) -> str:
     lines = [f"{result.record}  ({result.duration_s:.1f} s at {result.fs:g} Hz"
              + (f", {result.n_windows} windows)" if result.n_windows > 1 else ")")]
@@ -168,8 +129,8 @@ def _csv_row(model, result, display: Display) -> list:
 def run_predict(args) -> int:
     from tqdm import tqdm
 
-    from .inference import Predictor
-    from .inputs import expand_inputs, parse_leads
+    from ..predict.inference import Predictor
+    from ..predict.inputs import expand_inputs, parse_leads
 
     leads = parse_leads(args.leads)
     if args.fs is not None and args.fs <= 0:
@@ -260,7 +221,7 @@ def _check_output_paths(args) -> None:
 
 
 def _write_report(result, record, model, out_dir, taken, display=None) -> None:
-    from .report import display_signal, report_stem, write_report
+    from ..predict.report import display_signal, report_stem, write_report
 
     signal = display_signal(record, model.preprocessor.settings)
     write_report(result, signal, record.fs, record.leads, out_dir, report_stem(result.record, taken),
@@ -281,7 +242,7 @@ def _finish(n_ok: int, failures) -> int:
 
 
 def run_export(args) -> int:
-    from .export import export_model
+    from ..predict.export import export_model
 
     if Path(args.out).is_dir():
         raise ECGKTError(f"--out {args.out}: is a folder; give a file name (.pt, .pt2 or .onnx)")

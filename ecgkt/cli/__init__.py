@@ -1,5 +1,5 @@
-"""The ``ecgkt`` command line. Each subcommand lives beside the code it drives and
-registers itself through an ``add_cli(subparsers)`` function listed in COMMANDS.
+"""The ``ecgkt`` command line: this package, one module per command group (listed in COMMANDS), each
+registering its subcommands through ``add_cli(subparsers)``.
 
 ``--help`` must answer at once: this module and every module in COMMANDS import only the standard
 library (and ecgkt.errors) at import time; torch, numpy and pandas are imported by the command that
@@ -11,18 +11,10 @@ import importlib
 import sys
 import warnings
 
-from .errors import ECGKTError
+from ..errors import ECGKTError
 
-# module providing add_cli(subparsers); each add_cli sets `func` on its parser. A tuple names
-# alternatives: the first that exists is used.
-COMMANDS = [
-    ("ecgkt.data.synth.cli", "ecgkt.data.synth"),
-    "ecgkt.data.prepare_cli",
-    "ecgkt.train.cli",
-    "ecgkt.predict.cli",
-    "ecgkt.ops.preprocess_cli",
-    "ecgkt.info",
-]
+# one module per command group, each with add_cli(subparsers) setting `func` on its parsers
+COMMANDS = ["synth", "prepare", "train", "predict", "preprocess", "info"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,21 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ecgkt {_version()}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for names in COMMANDS:
-        for name in (names,) if isinstance(names, str) else names:
-            try:
-                module = importlib.import_module(name)
-            except ModuleNotFoundError as e:
-                if e.name == name:
-                    continue  # that part of ecgkt is not built (or has moved)
-                raise
-            module.add_cli(sub)
-            break
+    for name in COMMANDS:
+        importlib.import_module(f"{__name__}.{name}").add_cli(sub)
     return parser
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return __version__
 
@@ -67,7 +51,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 def _check_package() -> None:
     """Python started in the folder that holds a checkout named ``ecgkt`` imports that folder as an empty
     namespace package (with a finder-based editable install); say so instead of failing obscurely later."""
-    package = sys.modules.get(__package__ or "ecgkt")
+    package = sys.modules.get(__name__.rpartition(".")[0] or "ecgkt")
     if package is not None and getattr(package, "__file__", None) is None:
         where = ", ".join(getattr(package, "__path__", []) or ["?"])
         raise SystemExit(f"ecgkt: error: `import ecgkt` found the folder {where}, not the package: Python was "
@@ -82,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
-    from . import load
+    from .. import load
 
     load()  # torch and the ops: deferred until a command runs, so that --help answers at once
     try:
@@ -91,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ecgkt: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a file system problem (disk full, permissions, a file where a folder belongs)
-        from .io import describe_os_error
+        from ..io import describe_os_error
 
         print(f"ecgkt: error: {describe_os_error(e)}", file=sys.stderr)
         return 2
@@ -99,7 +83,3 @@ def main(argv: list[str] | None = None) -> int:
         print("ecgkt: interrupted", file=sys.stderr)
         return 130
     return int(rc or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
