@@ -78,6 +78,35 @@ def test_oracle_features_align_with_the_folds(tmp_path, synth_store):
     assert feats["test"][0].tolist() == pytest.approx(oracle._select(truth.loc[[sid]].reset_index())[1][0].tolist())
 
 
+def test_nonlinear_oracle_basis_reaches_what_a_linear_probe_cannot_with_train_statistics_only():
+    from ecgkt.evaluate import oracle
+
+    rng = np.random.default_rng(3)
+
+    def split(n):
+        x = rng.normal(size=(n, 4)) * [1.0, 2.0, 0.5, 3.0] + [0.0, 5.0, -1.0, 2.0]
+        x[:, 2] = (x[:, 2] > -1.0)  # a binary parameter, like af or rbbb
+        y = np.stack([(x[:, 0] * (x[:, 1] - 5.0) > 0),  # an interaction
+                      (np.abs(x[:, 3] - 2.0) > 3.0)],  # a two-sided threshold
+                     axis=1).astype(float)
+        return x, y
+
+    (xtr, ytr), (xva, yva), (xte, yte) = split(1501), split(403), split(397)
+    feats = dict(train=xtr, val=xva, test=xte)
+    nl = oracle.nonlinear_features(feats)
+    assert all(np.isfinite(v).all() and v.shape[1] == nl["train"].shape[1] for v in nl.values())
+    assert nl["train"].shape[1] < 4 + 4 * len(oracle.HINGE_QUANTILES) + 6  # the binary one's repeated hinges dropped
+    lin = probe.fit(xtr, ytr, xva, yva)
+    non = probe.fit(nl["train"], ytr, nl["val"], yva)
+    a_lin = metrics.macro_auroc(yte, lin.predict(xte))
+    a_non = metrics.macro_auroc(yte, non.predict(nl["test"]))
+    assert a_lin < 0.65 and a_non > 0.9, (a_lin, a_non)
+    # the basis is a function of the train fold only: other test rows leave the train and val columns as they are
+    other = oracle.nonlinear_features(dict(train=xtr, val=xva, test=xte[::-1] * 3.0))
+    assert np.array_equal(other["train"], nl["train"]) and np.array_equal(other["val"], nl["val"])
+    assert oracle.nonlinear_features(None) is None
+
+
 def test_plan_is_one_table_with_dependencies_first():
     cfg = config.resolve(overrides=["protocol.fractions=[0.05,0.1,1.0]", "protocol.replicates=3"])
     jobs = plan.build(cfg)
@@ -90,7 +119,7 @@ def test_plan_is_one_table_with_dependencies_first():
     ft = [j for j in jobs if j.kind == "finetune"]
     assert len(ft) == len(plan.finetune_arms(cfg)) * (3 + 3 + 1)
     assert {"finetune", "signal_only", "multimodal", "control_finetune", "ssl_finetune"} <= set(names)
-    assert "ecgkt_f5_r2" in names and "probe_oracle" in names
+    assert "ecgkt_f5_r2" in names and "probe_oracle" in names and "probe_oracle_nl" in names
     assert [j.name for j in plan.closure(jobs, ["final_labs"])] == ["pretrain", "labs", "finetune", "final_labs"]
     with pytest.raises(Exception, match="1.0"):
         plan.build(config.resolve(overrides=["protocol.fractions=[0.1]"]))
@@ -156,9 +185,11 @@ def test_analysis_reads_a_gain_at_small_fractions_and_none_for_the_control():
         gains[(0.1, r, "control", "finetune")] = 0.0
         gains[(0.1, r, "multimodal", "finetune")] = 1.6
         gains[(0.1, r, "oracle", "probe")] = 1.0
+        gains[(0.1, r, "oracle_nl", "probe")] = 1.4
     for arm, g in (("signal_only", 0.9), ("ecgkt", 0.9), ("control", 0.9), ("multimodal", 2.0)):
         gains[(1.0, 0, arm, "finetune")] = g
     gains[(1.0, 0, "oracle", "probe")] = 1.2
+    gains[(1.0, 0, "oracle_nl", "probe")] = 1.5
     y, rows = _rows(gains)
     res = le.analyse(rows, y, np.ones(len(y), bool), [f"icd:X{i}" for i in range(6)], y, synthetic=False,
                      min_positives=20, n_boot=200)
@@ -170,6 +201,9 @@ def test_analysis_reads_a_gain_at_small_fractions_and_none_for_the_control():
     assert hyp[("H1", "finetune")] == "holds" and hyp[("H2", None)] == "holds"
     assert hyp[("H3", "finetune")] == "holds" and hyp[("H5", "finetune")] == "holds"
     assert set(res["ceilings"]) == {"0.1", "1.0"}
+    assert res["ceilings"]["0.1"]["nonlinear"]["claim"] > res["ceilings"]["0.1"]["claim"]
+    assert "oracle_nl" not in c["0.1"]  # a ceiling, not an arm compared with signal-only
+    assert 0 < c["0.1"]["ecgkt"]["gap_bridged_vs_oracle_nonlinear"]["value"] < c["0.1"]["ecgkt"]["gap_bridged_vs_oracle"]["value"]
     md = "\n".join(le.markdown(res, le.hypotheses(res, None), None))
     assert "H1 (finetune): holds" in md
 

@@ -90,3 +90,35 @@ def features(ctx) -> dict | None:
         bad = ~np.isfinite(out[split])
         out[split][bad] = np.broadcast_to(fill, out[split].shape)[bad]
     return out
+
+
+# train-fold quantiles at which each parameter gets a hinge max(0, z - knot): thresholds and saturation
+HINGE_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+
+
+def nonlinear_features(feats: dict | None) -> dict | None:
+    """A fixed non-linear basis of the oracle features, for the non-linear ceiling (``oracle_nl``): the
+    standardised parameters, hinges at train-fold quantiles (an additive piecewise-linear model: the
+    generator's rules have thresholds, e.g. a QTc cut-off) and all pairwise products (interactions). Every
+    statistic comes from the train fold; the same L2-chosen-on-validation linear probe then fits it, so the
+    ceiling stays deterministic and on the same folds. Constant and repeated columns are dropped."""
+    if feats is None:
+        return None
+    train = feats["train"]
+    mean, std = train.mean(0), train.std(0)
+    keep = std > 1e-9
+    mean, std = mean[keep], std[keep]
+    knots = np.quantile((train[:, keep] - mean) / std, HINGE_QUANTILES, axis=0)  # [K, F]
+
+    def basis(x):
+        z = (x[:, keep] - mean) / std
+        hinges = [np.maximum(z - k, 0.0) for k in knots]
+        i, j = np.triu_indices(z.shape[1], k=1)
+        return np.concatenate([z, *hinges, z[:, i] * z[:, j]], axis=1)
+
+    out = {split: basis(x) for split, x in feats.items()}
+    b = out["train"]
+    varied = b.std(0) > 1e-9
+    _, first = np.unique(np.round(b[:, varied], 12), axis=1, return_index=True)
+    cols = np.flatnonzero(varied)[np.sort(first)]
+    return {split: x[:, cols] for split, x in out.items()}

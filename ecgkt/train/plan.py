@@ -15,10 +15,11 @@ import math
 # Pre-training arms: the stage-1 job that produces each arm's encoder.
 PRETRAIN_STAGE = dict(ecgkt="pretrain", control="control_pretrain", ssl="ssl_pretrain")
 FINETUNE_ARMS = ("signal_only", "ecgkt", "control", "ssl", "multimodal")
-PROBE_ARMS = ("random", "ecgkt", "control", "ssl", "oracle")
+PROBE_ARMS = ("random", "ecgkt", "control", "ssl", "oracle", "oracle_nl")
 ARM_TITLES = dict(signal_only="signal-only", ecgkt="ecgkt", control="control (permuted pairs)",
                   ssl="ECG-only SSL", random="random init", multimodal="multimodal (ECG + tabular)",
-                  oracle="ECG oracle (true beat parameters)")
+                  oracle="ECG oracle (true beat parameters)",
+                  oracle_nl="ECG oracle, non-linear basis (exploratory)")
 _LEGACY = {("ecgkt", 0): "finetune", ("signal_only", 0): "signal_only", ("multimodal", 0): "multimodal",
            ("control", 0): "control_finetune", ("ssl", 0): "ssl_finetune"}
 

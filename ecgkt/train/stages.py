@@ -588,11 +588,12 @@ def multimodal(ctx: Context, name: str = "multimodal", fraction: float = 1.0, re
 # --- linear probes -----------------------------------------------------------------------------------
 def _features(ctx: Context, arm: str) -> dict:
     """Frozen features of every train/val/test item for a probe arm: its encoder's embedding of the whole
-    record, or for the oracle the generator's true beat parameters."""
-    if arm == "oracle":
+    record, or for the oracles the generator's true beat parameters (as they are, or in a non-linear basis)."""
+    if arm in ("oracle", "oracle_nl"):
         from ..evaluate import oracle
 
-        return oracle.features(ctx)
+        feats = oracle.features(ctx)
+        return oracle.nonlinear_features(feats) if arm == "oracle_nl" else feats
     state = arm_encoder_state(ctx, arm)
     torch.manual_seed(ctx.seed(f"probe_{arm}"))  # the random arm's initialisation
     encoder = new_encoder(ctx.cfg)
