@@ -338,8 +338,8 @@ def section_loss(args):
     flops = 2 * m * m * dim / mm
     rows = []
     for b in batches:
-        e = torch.randn(b, dim, device=device, dtype=dtype, requires_grad=True)
-        c = torch.randn(b, dim, device=device, dtype=dtype, requires_grad=True)
+        emb_a = torch.randn(b, dim, device=device, dtype=dtype, requires_grad=True)
+        emb_b = torch.randn(b, dim, device=device, dtype=dtype, requires_grad=True)
         row = dict(batch=b, dim=dim, dtype=str(dtype), matmul_floor_seconds=3 * 2 * b * b * dim / flops)
         for impl, fn in (("fused", losses.clip_loss), ("naive", losses.naive_clip_loss)):
             if impl == "naive" and b * b * 4 * 3 > (2**31 if args.dry_run else 60 * 2**30):
@@ -347,7 +347,7 @@ def section_loss(args):
                 continue
 
             def step():
-                loss = fn(e, c, 10.0)
+                loss = fn(emb_a, emb_b, 10.0)
                 loss.backward()
                 return loss
 
@@ -360,7 +360,7 @@ def section_loss(args):
                 row[f"{impl}_peak_extra_gib"] = (torch.cuda.max_memory_allocated(device) - base) / 2**30
         row["fused_over_floor"] = row["fused_seconds"] / row["matmul_floor_seconds"]
         rows.append(row)
-        del e, c
+        emb_a = emb_b = None  # free this batch's tensors before the next, larger one
     return {"matmul_tflops": flops / 1e12, "rows": rows}
 
 
