@@ -95,7 +95,7 @@ def test_nonlinear_oracle_basis_reaches_what_a_linear_probe_cannot_with_train_st
     feats = dict(train=xtr, val=xva, test=xte)
     nl = oracle.nonlinear_features(feats)
     assert all(np.isfinite(v).all() and v.shape[1] == nl["train"].shape[1] for v in nl.values())
-    assert nl["train"].shape[1] < 4 + 4 * len(oracle.HINGE_QUANTILES) + 6  # the binary one's repeated hinges dropped
+    assert nl["train"].shape[1] < 4 + 4 * len(oracle.HINGE_QUANTILES) + oracle.RANDOM_UNITS  # repeated hinges dropped
     lin = probe.fit(xtr, ytr, xva, yva)
     non = probe.fit(nl["train"], ytr, nl["val"], yva)
     a_lin = metrics.macro_auroc(yte, lin.predict(xte))
@@ -108,7 +108,8 @@ def test_nonlinear_oracle_basis_reaches_what_a_linear_probe_cannot_with_train_st
 
 
 def test_plan_is_one_table_with_dependencies_first():
-    cfg = config.resolve(overrides=["protocol.fractions=[0.05,0.1,1.0]", "protocol.replicates=3"])
+    cfg = config.resolve(overrides=["protocol.fractions=[0.05,0.1,1.0]", "protocol.replicates=3",
+                                    "protocol.probe_arms=[random,ecgkt,control,ssl,oracle,oracle_nl]"])
     jobs = plan.build(cfg)
     names = [j.name for j in jobs]
     assert len(names) == len(set(names))

@@ -94,14 +94,19 @@ def features(ctx) -> dict | None:
 
 # train-fold quantiles at which each parameter gets a hinge max(0, z - knot): thresholds and saturation
 HINGE_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+# fixed random tanh units over all parameters: interactions, at a cost that does not grow as F^2 (the
+# generator has 180 oracle parameters: all pairwise products would be 16,110 columns)
+RANDOM_UNITS = 256
+RANDOM_SEED = 0
 
 
 def nonlinear_features(feats: dict | None) -> dict | None:
     """A fixed non-linear basis of the oracle features, for the non-linear ceiling (``oracle_nl``): the
     standardised parameters, hinges at train-fold quantiles (an additive piecewise-linear model: the
-    generator's rules have thresholds, e.g. a QTc cut-off) and all pairwise products (interactions). Every
-    statistic comes from the train fold; the same L2-chosen-on-validation linear probe then fits it, so the
-    ceiling stays deterministic and on the same folds. Constant and repeated columns are dropped."""
+    generator's rules have thresholds, e.g. a QTc cut-off) and RANDOM_UNITS seeded random tanh units
+    (interactions). Every statistic comes from the train fold and the random weights from a fixed seed;
+    the same L2-chosen-on-validation linear probe then fits it, so the ceiling stays deterministic and on
+    the same folds. Constant and repeated columns are dropped."""
     if feats is None:
         return None
     train = feats["train"]
@@ -109,16 +114,18 @@ def nonlinear_features(feats: dict | None) -> dict | None:
     keep = std > 1e-9
     mean, std = mean[keep], std[keep]
     knots = np.quantile((train[:, keep] - mean) / std, HINGE_QUANTILES, axis=0)  # [K, F]
+    rng = np.random.default_rng(RANDOM_SEED)
+    n = int(keep.sum())
+    w = rng.normal(size=(n, RANDOM_UNITS)) / np.sqrt(max(n, 1)) * 2.0
+    b = rng.uniform(-1.0, 1.0, size=RANDOM_UNITS)
 
     def basis(x):
         z = (x[:, keep] - mean) / std
-        hinges = [np.maximum(z - k, 0.0) for k in knots]
-        i, j = np.triu_indices(z.shape[1], k=1)
-        return np.concatenate([z, *hinges, z[:, i] * z[:, j]], axis=1)
+        return np.concatenate([z, *[np.maximum(z - k, 0.0) for k in knots], np.tanh(z @ w + b)], axis=1)
 
     out = {split: basis(x) for split, x in feats.items()}
-    b = out["train"]
-    varied = b.std(0) > 1e-9
-    _, first = np.unique(np.round(b[:, varied], 12), axis=1, return_index=True)
+    t = out["train"]
+    varied = t.std(0) > 1e-9
+    _, first = np.unique(np.round(t[:, varied], 12), axis=1, return_index=True)
     cols = np.flatnonzero(varied)[np.sort(first)]
     return {split: x[:, cols] for split, x in out.items()}
