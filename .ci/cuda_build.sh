@@ -18,7 +18,7 @@ export ECGKT_FORCE_CUDA=1
 export MAX_JOBS=${MAX_JOBS:-2}
 # Build from a clean copy of the tracked files so nothing of the CPU build is reused.
 SRC=$(mktemp -d)
-git ls-files -z | xargs -0 -I{} cp --parents {} "$SRC"
+git ls-files -z | xargs -0 -I{} cp -P --parents {} "$SRC"
 START=$SECONDS
 (cd "$SRC" && "$VENV/bin/pip" wheel -q --no-build-isolation --no-deps . -w "$SRC/dist")
 echo "CUDA wheel built in $((SECONDS - START)) s (MAX_JOBS=$MAX_JOBS, TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST)"
