@@ -31,7 +31,7 @@ class PeerDataset(Dataset):
 
     def __init__(self, ds, cfg, clean: str, read: str):
         self.ds, self.clean, self.read = ds, clean, read
-        pp = cfg["preprocessing"]
+        pp = cfg.preprocessing
         self.settings = dict(target_fs=pp["target_fs"], notch=pp["notch"])
         self.lowpass, self.highpass = pp["lowpass"], pp["highpass"]
         self.crop = int(round(pp["train_crop_seconds"] * pp["target_fs"]))
@@ -63,10 +63,10 @@ class PeerDataset(Dataset):
 def _model(cfg, ds, device):
     from ecgkt.models import ContrastiveModel, ECGEncoder
 
-    m, p = cfg["model"], cfg["pretrain"]
+    m, p = cfg.model, cfg.pretrain
     torch.manual_seed(0)
-    model = ContrastiveModel(ECGEncoder(m["size"], 12, m["norm"], m["dropout"]), len(ds.tab_names), m["embed_dim"],
-                             m["tab_hidden"], m["tab_layers"], m["tab_dropout"], p["temperature"])
+    model = ContrastiveModel(ECGEncoder(m.size, 12, m.norm, m.dropout), len(ds.tab_names), m.embed_dim,
+                             m.tab_hidden, m.tab_layers, m.tab_dropout, p.temperature)
     model.tab_encoder.normalizer.fit(torch.as_tensor(ds.tab), torch.as_tensor(ds.tab_mask))
     return model.to(device)
 
@@ -80,12 +80,12 @@ def _trainer(provider: str, store, device):
     from ecgkt.train.engine import Preprocessed
 
     cfg = config.resolve()
-    p = cfg["pretrain"]
+    p = cfg.pretrain
     ds = ECGDataset(store)
-    if len(ds) < p["batch_size"]:
-        pytest.skip(f"the store has {len(ds)} records, fewer than one batch of {p['batch_size']}")
+    if len(ds) < p.batch_size:
+        pytest.skip(f"the store has {len(ds)} records, fewer than one batch of {p.batch_size}")
     model = _model(cfg, ds, device)
-    optim = torch.optim.AdamW(model.parameters(), lr=p["lr"], weight_decay=p["weight_decay"])
+    optim = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu",
                                                                                                     enabled=False)
 
@@ -93,14 +93,14 @@ def _trainer(provider: str, store, device):
         return model.logit_scale.clamp(max=float(np.log(100.0))).exp()
 
     if provider.startswith("ecgkt"):
-        settings = {k: v for k, v in cfg["preprocessing"].items() if k not in ("cache", "train_crop_seconds")}
+        settings = cfg.preprocessing.filter_settings()
         prep = Preprocessed(ECGPreprocessor(**settings), float(ds.fs), cache=provider.startswith("ecgkt-cached"),
-                            crop_seconds=cfg["preprocessing"]["train_crop_seconds"])
-        workers = cfg["data"]["num_workers"]
-        loader = DataLoader(ds, batch_size=p["batch_size"], shuffle=True, drop_last=True, num_workers=workers,
+                            crop_seconds=cfg.preprocessing.train_crop_seconds)
+        workers = cfg.data.num_workers
+        loader = DataLoader(ds, batch_size=p.batch_size, shuffle=True, drop_last=True, num_workers=workers,
                             collate_fn=collate, persistent_workers=workers > 0)
         if provider.startswith("ecgkt-cached"):  # fill the cache as epoch 1 does (not timed)
-            for batch in DataLoader(ds, batch_size=p["batch_size"], collate_fn=collate):
+            for batch in DataLoader(ds, batch_size=p.batch_size, collate_fn=collate):
                 prep(batch, device)
         batches = itertools.chain.from_iterable(itertools.repeat(loader))
 
@@ -122,7 +122,7 @@ def _trainer(provider: str, store, device):
     read = "wfdb" if provider.startswith("wfdb") else "store"
     if read == "wfdb":
         need("wfdb")
-    loader = DataLoader(PeerDataset(ds, cfg, clean, read), batch_size=p["batch_size"], shuffle=True, drop_last=True,
+    loader = DataLoader(PeerDataset(ds, cfg, clean, read), batch_size=p.batch_size, shuffle=True, drop_last=True,
                         num_workers=PEER_WORKERS, persistent_workers=True,
                         worker_init_fn=lambda w: (torch.set_num_threads(1), np.random.seed(w)))
     batches = itertools.chain.from_iterable(itertools.repeat(loader))
@@ -142,7 +142,7 @@ def _run(benchmark, sizes, step, provider, device, x_name="batch"):
     from ecgkt.train import config
 
     cfg = config.resolve()
-    batch = cfg["pretrain"]["batch_size"]
+    batch = cfg.pretrain.batch_size
 
     per_round = sizes.train_steps_per_round
 

@@ -183,10 +183,10 @@ def test_yaml_numbers_take_the_type_of_their_default():
 
     cfg = resolve(None, ["finetune.lr=1e-3", "pretrain.weight_decay=5E-5", "pretrain.epochs=3.0",
                          "runtime.threads=null", "control.enabled=off"])
-    assert cfg["finetune"]["lr"] == 0.001 and isinstance(cfg["finetune"]["lr"], float)
-    assert cfg["pretrain"]["weight_decay"] == 5e-5 and cfg["pretrain"]["epochs"] == 3
-    assert isinstance(cfg["pretrain"]["epochs"], int)
-    assert cfg["runtime"]["threads"] is None and cfg["control"]["enabled"] is False
+    assert cfg.finetune.lr == 0.001 and isinstance(cfg.finetune.lr, float)
+    assert cfg.pretrain.weight_decay == 5e-5 and cfg.pretrain.epochs == 3
+    assert isinstance(cfg.pretrain.epochs, int)
+    assert cfg.runtime.threads is None and cfg.control.enabled is False
 
 
 def test_config_file_numbers_take_the_type_of_their_default(tmp_path):
@@ -194,8 +194,36 @@ def test_config_file_numbers_take_the_type_of_their_default(tmp_path):
 
     (tmp_path / "c.yaml").write_text("finetune:\n  lr: 1e-3\n  epochs: 2\n")
     cfg = resolve(tmp_path / "c.yaml")
-    assert cfg["finetune"]["lr"] == 0.001 and cfg["finetune"]["epochs"] == 2
+    assert cfg.finetune.lr == 0.001 and cfg.finetune.epochs == 2
 
+
+
+def test_config_is_typed_and_its_keys_are_the_yaml_defaults():
+    """The dataclasses own keys and types, default.yaml owns the values: the two list the same keys, choices
+    are checked before any stage runs, and the recorded form round-trips."""
+    import dataclasses
+
+    import yaml
+
+    from ecgkt.train import config
+
+    def keys(d, prefix=""):
+        return {k for name, v in d.items()
+                for k in (keys(v, f"{prefix}{name}.") if isinstance(v, dict) else {prefix + name})}
+
+    cfg = config.resolve()
+    assert keys(config.default_config()) == keys(cfg.to_dict())
+    assert dataclasses.is_dataclass(cfg.pretrain) and cfg.preprocessing.filter_settings()["lowpass"] == 45.0
+    assert config.Config.from_dict(yaml.safe_load(yaml.safe_dump(cfg.recorded()))) == cfg
+    for item, message in (("model.size=huge", "expected one of tiny, small, base"),
+                          ("preprocessing.normalize=minmax", "expected one of null, zscore, robust"),
+                          ("pretrain.loss=1", "expected one of clip, siglip"),
+                          ("model=3", "'model' is a section"),
+                          ("pretrain.epochs=inf", "expected an integer")):
+        with pytest.raises(ECGKTError, match=message):
+            config.resolve(overrides=[item])
+    with pytest.raises(ECGKTError, match="configuration key 'seed' is missing"):
+        config.Config.from_dict({k: v for k, v in cfg.to_dict().items() if k != "seed"})
 
 # ------------------------------------------------------------------------------------------ atomic writes
 

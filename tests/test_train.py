@@ -59,14 +59,14 @@ def test_siglip_pretraining_runs(tmp_path):
 
 def test_config_overrides_and_files(tmp_path):
     cfg = config.resolve(overrides=["model.size=small", "data.val_folds=[17]", "runtime.threads=null"])
-    assert cfg["model"]["size"] == "small" and cfg["data"]["val_folds"] == [17] and cfg["runtime"]["threads"] is None
+    assert cfg.model.size == "small" and cfg.data.val_folds == [17] and cfg.runtime.threads is None
     with pytest.raises(ECGKTError, match="unknown configuration key 'model.sise'"):
         config.resolve(overrides=["model.sise=small"])
     with pytest.raises(ECGKTError, match="key.sub=value"):
         config.resolve(overrides=["pretrain.epochs"])
     (tmp_path / "c.toml").write_text("seed = 7\n[pretrain]\nloss = 'siglip'\n")
     cfg = config.resolve(tmp_path / "c.toml", ["seed=8"])
-    assert cfg["seed"] == 8 and cfg["pretrain"]["loss"] == "siglip"
+    assert cfg.seed == 8 and cfg.pretrain.loss == "siglip"
     (tmp_path / "bad.yaml").write_text("pretrain: [1, 2\n")
     with pytest.raises(ECGKTError, match="bad.yaml: cannot parse"):
         config.resolve(tmp_path / "bad.yaml")

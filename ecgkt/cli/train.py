@@ -128,7 +128,7 @@ def _context(args):
     check_run_folder(args)
     cfg = resolve_config(args)
     pipeline._set_threads(cfg)
-    env = distributed.init(cfg["runtime"]["device"])
+    env = distributed.init(cfg.runtime.device)
     run_dir = pipeline.setup_run(cfg, args.out, env)
     store = pipeline.ensure_store(cfg, run_dir, args.data, env, not args.no_progress)
     ctx = stages.build_context(cfg, env, run_dir, store)

@@ -2,11 +2,16 @@
 ecgkt - signal-only, gap bridged, the permuted control, lab AUROCs; written as results.json + results.md."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..io import jsonable
 from . import metrics
 from .bootstrap import bootstrap_statistic, interval, resamples
+
+if TYPE_CHECKING:
+    from ..train.config import Config
 
 DX_MODELS = ("signal_only", "ecgkt", "multimodal", "control")
 MODEL_TITLES = dict(signal_only="signal-only", ecgkt="ecgkt (ECG only)", multimodal="multimodal (ECG + tabular)",
@@ -101,23 +106,23 @@ def compute(preds: dict, dx_names, lab_label_names, n_boot: int = 1000, ci: floa
     return res
 
 
-def compute_run(preds: dict, dx_names, lab_label_names, cfg: dict, extra: dict | None = None) -> dict:
+def compute_run(preds: dict, dx_names, lab_label_names, cfg: Config, extra: dict | None = None) -> dict:
     """The results of a pipeline run: the paper's comparison (100 % labels) on the headline subset and the
     protocol's eligible labels, the label-efficiency analysis, lab summaries, the pre-registered hypotheses
     and the protocol itself. Strict JSON: non-finite numbers become null (ecgkt.io.jsonable)."""
     from . import label_efficiency as le_mod
 
-    e, p = cfg["evaluate"], cfg["protocol"]
+    e, p = cfg.evaluate, cfg.protocol
     extra = extra or {}
     dx_names = list(dx_names)
     headline = np.asarray(extra.get("test_ed", np.ones(len(preds["test_dx_y"]), dtype=bool)), dtype=bool)
-    if p.get("headline_subset", "ed") != "ed" or headline.sum() == 0:
+    if p.headline_subset != "ed" or headline.sum() == 0:
         headline = np.ones(len(preds["test_dx_y"]), dtype=bool)
     le = None
     if extra.get("sweep"):
         le = le_mod.analyse(extra["sweep"], np.asarray(preds["test_dx_y"]), headline, dx_names,
-                            np.asarray(extra["y_all"]), bool(extra.get("synthetic")), int(p["min_test_positives"]),
-                            int(e["bootstrap"]), float(e["ci"]), int(e["seed"]), extra.get("rule_scales"))
+                            np.asarray(extra["y_all"]), bool(extra.get("synthetic")), int(p.min_test_positives),
+                            int(e.bootstrap), float(e.ci), int(e.seed), extra.get("rule_scales"))
         keep = [dx_names.index(n) for n in le["labels"]["eligible"]
                 if le["labels"]["groups"] and n not in le["labels"]["groups"].get("symptom", [])]
     else:
@@ -129,19 +134,19 @@ def compute_run(preds: dict, dx_names, lab_label_names, cfg: dict, extra: dict |
             paper[k] = np.asarray(v)[:, keep]
         elif k.startswith("test_") and not k.startswith("test_lab"):
             paper[k] = np.asarray(v)[headline][:, keep]
-    res = compute(paper, [dx_names[j] for j in keep], lab_label_names, int(e["bootstrap"]), float(e["ci"]),
-                  int(e["seed"]), int(e.get("lab_min_positives", 10)))
-    res["seed"] = cfg["seed"]
-    res["config"] = {**cfg, "runtime": {**cfg["runtime"], "fail_after": None}}
+    res = compute(paper, [dx_names[j] for j in keep], lab_label_names, int(e.bootstrap), float(e.ci),
+                  int(e.seed), int(e.lab_min_positives))
+    res["seed"] = cfg.seed
+    res["config"] = cfg.recorded()
     res["protocol"] = dict(document="docs/protocol.md", claim=le_mod.CLAIM, hypotheses=le_mod.HYPOTHESES,
-                           fractions=p["fractions"], replicates=p["replicates"], replicates_full=p["replicates_full"],
-                           finetune_arms=p["finetune_arms"], probe_arms=p["probe_arms"],
-                           headline_subset=p.get("headline_subset", "ed"), dx_cohort=p.get("dx_cohort", "linked"),
-                           min_test_positives=p["min_test_positives"],
-                           finetune_budget=dict(min_steps=cfg["finetune"]["min_steps"],
-                                                epochs=cfg["finetune"]["epochs"], rounds=cfg["finetune"]["rounds"],
-                                                batch_size=cfg["finetune"]["batch_size"]),
-                           probe_l2=p["probe_l2"])
+                           fractions=p.fractions, replicates=p.replicates, replicates_full=p.replicates_full,
+                           finetune_arms=p.finetune_arms, probe_arms=p.probe_arms,
+                           headline_subset=p.headline_subset, dx_cohort=p.dx_cohort,
+                           min_test_positives=p.min_test_positives,
+                           finetune_budget=dict(min_steps=cfg.finetune.min_steps,
+                                                epochs=cfg.finetune.epochs, rounds=cfg.finetune.rounds,
+                                                batch_size=cfg.finetune.batch_size),
+                           probe_l2=p.probe_l2)
     if le is not None:
         t = np.asarray(preds["test_lab_y"])
         sources = {arm: v for arm, v in extra.get("lab_probes", {}).items()}
@@ -150,7 +155,7 @@ def compute_run(preds: dict, dx_names, lab_label_names, cfg: dict, extra: dict |
         tests = sorted({n.rsplit("_", 1)[0] for n in lab_label_names})
         labs = (le_mod.lab_summary(sources, t, np.asarray(preds["test_lab_mask"]), list(lab_label_names),
                                    le_mod.lab_test_groups(tests, bool(extra.get("synthetic")), extra.get("rule_scales")),
-                                   int(e.get("lab_min_positives", 10))) if sources and len(lab_label_names) else None)
+                                   int(e.lab_min_positives)) if sources and len(lab_label_names) else None)
         res["label_efficiency"] = le["rows"]
         res["label_efficiency_comparisons"] = le["comparisons"]
         res["ceilings"] = le["ceilings"]

@@ -27,36 +27,39 @@ from ..errors import ECGKTError
 from ..evaluate import oracle
 from ..io import atomic_write, atomic_write_text
 from . import checkpoint, config as config_mod, distributed, plan, runner, stages
+from .config import Config
 
 # Keys that may change between a run and its resumption without changing its results.
 _RESUME_FREE = {("runtime", "fail_after"), ("runtime", "log_every"), ("runtime", "threads"), ("runtime", "jobs"),
                 ("data", "num_workers"), ("runtime", "device")}
 
 
-def _comparable(cfg: dict) -> dict:
-    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in cfg.items()}
+def _comparable(recorded: dict) -> dict:
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in recorded.items()}
     for a, b in _RESUME_FREE:
         out.get(a, {}).pop(b, None)
     return out
 
 
-def setup_run(cfg: dict, run_dir, env) -> Path:
+def setup_run(cfg: Config, run_dir, env) -> Path:
     """Creates RUN, records the resolved config; refuses to resume a run started with another config."""
     run_dir = Path(run_dir)
     path = run_dir / "config.yaml"
     if path.is_file():
-        old = yaml.safe_load(path.read_text())
-        if _comparable(old) != _comparable(cfg):
-            diff = sorted(f"{s}.{k}" for s in cfg if isinstance(cfg[s], dict)
-                          for k in cfg[s] if (s, k) not in _RESUME_FREE and old.get(s, {}).get(k) != cfg[s][k])
+        old, new = yaml.safe_load(path.read_text()), cfg.recorded()
+        if not isinstance(old, dict) or _comparable(old) != _comparable(new):
+            old = old if isinstance(old, dict) else {}
+            diff = sorted(f"{s}.{k}" for s in new if isinstance(new[s], dict)
+                          for k in new[s] if (s, k) not in _RESUME_FREE
+                          and (old.get(s) if isinstance(old.get(s), dict) else {}).get(k) != new[s][k])
             raise ECGKTError(f"{run_dir}: this run folder was started with another configuration "
                              f"(differs in {', '.join(diff) or 'top-level keys'}); use a new --out")
     if env.is_main:  # the testing aid is not part of the run's configuration
-        config_mod.save_resolved({**cfg, "runtime": {**cfg["runtime"], "fail_after": None}}, path)
+        config_mod.save_resolved(cfg, path)
     return run_dir
 
 
-def ensure_store(cfg: dict, run_dir: Path, data_dir, env, progress: bool = True) -> Path:
+def ensure_store(cfg: Config, run_dir: Path, data_dir, env, progress: bool = True) -> Path:
     """A prepared signal store: DIR itself when it is one; else `prepare` DIR (MIMIC-shaped roots);
     with no DIR, generate the default synthetic dataset into RUN/data first."""
     from ..data import prepare
@@ -71,8 +74,8 @@ def ensure_store(cfg: dict, run_dir: Path, data_dir, env, progress: bool = True)
 
             raw = run_dir / "data" / "raw"
             if not (raw / ".complete").is_file():
-                print(f"generating the synthetic dataset ({cfg['data']['synth_patients']} patients) into {raw}")
-                generate(raw, patients=int(cfg["data"]["synth_patients"]), seed=int(cfg["data"]["synth_seed"]),
+                print(f"generating the synthetic dataset ({cfg.data.synth_patients} patients) into {raw}")
+                generate(raw, patients=int(cfg.data.synth_patients), seed=int(cfg.data.synth_seed),
                          progress=progress)
                 (raw / ".complete").write_text("ok\n")
             data_dir = raw
@@ -85,16 +88,16 @@ def ensure_store(cfg: dict, run_dir: Path, data_dir, env, progress: bool = True)
 
 
 def _set_threads(cfg):
-    if cfg["runtime"].get("threads"):
-        torch.set_num_threads(int(cfg["runtime"]["threads"]))
+    if cfg.runtime.threads:
+        torch.set_num_threads(int(cfg.runtime.threads))
 
 
-def run(cfg: dict, run_dir, data_dir=None, progress: bool = True) -> dict | None:
+def run(cfg: Config, run_dir, data_dir=None, progress: bool = True) -> dict | None:
     """Runs the whole pipeline; returns the results dict on rank 0 (None on other ranks)."""
     t0 = time.time()
     _set_threads(cfg)
     jobs = plan.build(cfg)
-    env = distributed.init(cfg["runtime"]["device"])
+    env = distributed.init(cfg.runtime.device)
     run_dir = setup_run(cfg, run_dir, env)
     store = ensure_store(cfg, run_dir, data_dir, env, progress)
     ctx = stages.build_context(cfg, env, run_dir, store)
@@ -115,7 +118,7 @@ def run(cfg: dict, run_dir, data_dir=None, progress: bool = True) -> dict | None
 
 
 def _workers(cfg, env) -> int:
-    return 1 if env.distributed else max(1, int(cfg["runtime"].get("jobs") or 1))
+    return 1 if env.distributed else max(1, int(cfg.runtime.jobs or 1))
 
 
 def load_results(ctx, jobs) -> dict:
@@ -150,9 +153,9 @@ def save_final_model(ctx, r: dict, val_lab_probs=None) -> Path:
         model.config.update(gate_config(dict(zip(ctx.lab_label_names, per.tolist()))))
     pre = r["pretrain"]["state"]
     model.config["pretraining"] = dict(
-        loss=ctx.cfg["pretrain"]["loss"], tab_names=ctx.tab_names,
+        loss=ctx.cfg.pretrain.loss, tab_names=ctx.tab_names,
         tab_mean=pre["tab_encoder.normalizer.mean"].tolist(), tab_std=pre["tab_encoder.normalizer.std"].tolist(),
-        seed=ctx.cfg["seed"])
+        seed=ctx.cfg.seed)
     model.config["training_fs"] = ctx.fs
     return model.save_pretrained(ctx.run_dir / "model")
 
@@ -219,7 +222,7 @@ def evaluate_run(ctx, r: dict) -> dict:
     return write_results(run_dir, preds, histories, ctx.dx_names, ctx.lab_label_names, ctx.cfg, extra)
 
 
-def write_results(run_dir, preds: dict, histories: dict, dx_names, lab_label_names, cfg: dict,
+def write_results(run_dir, preds: dict, histories: dict, dx_names, lab_label_names, cfg: Config,
                   extra: dict | None = None) -> dict:
     from ..evaluate import plots, report
 

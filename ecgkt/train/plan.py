@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import Config
 
 # Pre-training arms: the stage-1 job that produces each arm's encoder.
 PRETRAIN_STAGE = dict(ecgkt="pretrain", control="control_pretrain", ssl="ssl_pretrain")
@@ -45,13 +49,13 @@ def finetune_name(arm: str, fraction: float, replicate: int) -> str:
     return f"{arm}_{fraction_tag(fraction)}_r{replicate}"
 
 
-def replicates(cfg: dict, fraction: float) -> int:
-    p = cfg["protocol"]
-    return int(p["replicates_full"] if fraction >= 1.0 else p["replicates"])
+def replicates(cfg: Config, fraction: float) -> int:
+    p = cfg.protocol
+    return int(p.replicates_full if fraction >= 1.0 else p.replicates)
 
 
-def fractions(cfg: dict) -> list[float]:
-    fr = sorted(float(f) for f in cfg["protocol"]["fractions"])
+def fractions(cfg: Config) -> list[float]:
+    fr = sorted(float(f) for f in cfg.protocol.fractions)
     bad = [f for f in fr if not 0.0 < f <= 1.0]
     if bad:
         from ..errors import ECGKTError
@@ -60,38 +64,38 @@ def fractions(cfg: dict) -> list[float]:
     return fr
 
 
-def finetune_arms(cfg: dict) -> list[str]:
-    arms = [a for a in cfg["protocol"]["finetune_arms"]]
-    if not cfg["control"]["enabled"]:
+def finetune_arms(cfg: Config) -> list[str]:
+    arms = [a for a in cfg.protocol.finetune_arms]
+    if not cfg.control.enabled:
         arms = [a for a in arms if a != "control"]
     return arms
 
 
-def probe_arms(cfg: dict) -> list[str]:
-    arms = [a for a in cfg["protocol"]["probe_arms"]]
-    if not cfg["control"]["enabled"]:
+def probe_arms(cfg: Config) -> list[str]:
+    arms = [a for a in cfg.protocol.probe_arms]
+    if not cfg.control.enabled:
         arms = [a for a in arms if a != "control"]
     return arms
 
 
-def validate(cfg: dict) -> None:
+def validate(cfg: Config) -> None:
     from ..errors import ECGKTError
 
-    p = cfg["protocol"]
+    p = cfg.protocol
     for key, allowed in (("finetune_arms", FINETUNE_ARMS), ("probe_arms", PROBE_ARMS)):
-        bad = [a for a in p[key] if a not in allowed]
+        bad = [a for a in getattr(p, key) if a not in allowed]
         if bad:
             raise ECGKTError(f"protocol.{key}: unknown arm(s) {bad}; choose from {list(allowed)}")
-    if "ecgkt" not in p["finetune_arms"] or "signal_only" not in p["finetune_arms"]:
+    if "ecgkt" not in p.finetune_arms or "signal_only" not in p.finetune_arms:
         raise ECGKTError("protocol.finetune_arms must include ecgkt and signal_only (the comparison itself)")
     if 1.0 not in fractions(cfg):
         raise ECGKTError("protocol.fractions must include 1.0 (the paper's comparison and the final model)")
     for key in ("replicates", "replicates_full"):
-        if int(p[key]) < 1:
+        if int(getattr(p, key)) < 1:
             raise ECGKTError(f"protocol.{key} must be >= 1")
 
 
-def build(cfg: dict) -> list[Job]:
+def build(cfg: Config) -> list[Job]:
     """Every job of the run, dependencies first."""
     validate(cfg)
     arms = finetune_arms(cfg)

@@ -38,9 +38,9 @@ def _init_worker(cfg, run_dir, store_dir, progress) -> None:
 
     from .distributed import DistEnv, pick_device
 
-    if cfg["runtime"].get("threads"):
-        torch.set_num_threads(int(cfg["runtime"]["threads"]))
-    env = DistEnv(device=pick_device(cfg["runtime"]["device"]))
+    if cfg.runtime.threads:
+        torch.set_num_threads(int(cfg.runtime.threads))
+    env = DistEnv(device=pick_device(cfg.runtime.device))
     _WORKER_CTX = stages.build_context(cfg, env, run_dir, store_dir)
     _WORKER_CTX.progress = progress
 

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..errors import ECGKTError
 from ..models import ContrastiveModel, ECGEncoder, ECGKTModel, ECGPreprocessor, ECGViewsModel, MultimodalModel
 from . import checkpoint, plan
+from .config import Config
 from .distributed import DistEnv, barrier
 from .engine import (InjectedFailure, Preprocessed, Schedule, Task, fit, fixed_step_loader, make_loader,
                      param_groups)
@@ -51,7 +52,7 @@ class RowSubset(Dataset):
 class Context:
     """Everything a job needs: resolved config, process group, the three splits and shared caches."""
 
-    cfg: dict
+    cfg: Config
     env: DistEnv
     run_dir: Path
     train: Dataset
@@ -74,7 +75,7 @@ class Context:
 
     def seed(self, name: str) -> int:
         own = STAGE_SEEDS.get(name, 100 + zlib.crc32(name.encode()) % 900)
-        return int(self.cfg["seed"]) * 1000 + own
+        return int(self.cfg.seed) * 1000 + own
 
     def tables(self, split: str) -> dict:
         """The non-signal arrays of a split (tab, tab_mask, lab_y, lab_mask, dx_y, study_id), in item order."""
@@ -96,7 +97,7 @@ class Context:
                 linked = cohort["dx_linked"].to_numpy(dtype=bool)[ds.rows]
                 ed = (cohort["dx_ed_linked"].to_numpy(dtype=bool)[ds.rows] if "dx_ed_linked" in cohort.columns
                       else linked.copy())
-            if self.cfg["protocol"].get("dx_cohort", "linked") == "all":
+            if self.cfg.protocol.dx_cohort == "all":
                 linked = np.ones(n, dtype=bool)
             self._cache[key] = dict(linked=linked, ed=ed & linked)
         return self._cache[key]
@@ -128,14 +129,14 @@ class Context:
         return RowSubset(self.train, self.labelled_rows(fraction, replicate))
 
 
-def build_context(cfg: dict, env: DistEnv, run_dir, store_dir) -> Context:
+def build_context(cfg: Config, env: DistEnv, run_dir, store_dir) -> Context:
     from ..data import ECGDataset
 
-    d = cfg["data"]
+    d = cfg.data
     try:
-        train = ECGDataset(store_dir, folds=d["train_folds"])
-        val = ECGDataset(store_dir, folds=d["val_folds"])
-        test = ECGDataset(store_dir, folds=d["test_folds"])
+        train = ECGDataset(store_dir, folds=d.train_folds)
+        val = ECGDataset(store_dir, folds=d.val_folds)
+        test = ECGDataset(store_dir, folds=d.test_folds)
     except FileNotFoundError as e:
         raise ECGKTError(f"{store_dir}: not a prepared ecgkt signal store ({e})") from None
     ctx = context_from_datasets(cfg, env, run_dir, train, val, test)
@@ -146,9 +147,9 @@ def build_context(cfg: dict, env: DistEnv, run_dir, store_dir) -> Context:
 def context_from_datasets(cfg, env, run_dir, train, val, test) -> Context:
     for split, ds in (("train", train), ("val", val), ("test", test)):
         if len(ds) == 0:
-            raise ECGKTError(f"the {split} split (folds {cfg['data'][split + '_folds']}) holds no ECGs")
-    prep = Preprocessed(ECGPreprocessor(**_prep_settings(cfg)), float(train.fs), cfg["preprocessing"]["cache"],
-                        cfg["preprocessing"].get("train_crop_seconds"))
+            raise ECGKTError(f"the {split} split (folds {getattr(cfg.data, split + '_folds')}) holds no ECGs")
+    prep = Preprocessed(ECGPreprocessor(**_prep_settings(cfg)), float(train.fs), cfg.preprocessing.cache,
+                        cfg.preprocessing.train_crop_seconds)
     return Context(cfg=cfg, env=env, run_dir=Path(run_dir), train=train, val=val, test=test, prep=prep,
                    fs=float(train.fs), leads=list(train.leads), tab_names=list(train.tab_names),
                    lab_tests=list(train.lab_tests), lab_label_names=list(train.lab_label_names),
@@ -156,7 +157,7 @@ def context_from_datasets(cfg, env, run_dir, train, val, test) -> Context:
 
 
 def _prep_settings(cfg) -> dict:
-    return {k: v for k, v in cfg["preprocessing"].items() if k not in ("cache", "train_crop_seconds")}
+    return cfg.preprocessing.filter_settings()
 
 
 _TABLE_KEYS = ("tab", "tab_mask", "lab_y", "lab_mask", "dx_y", "study_id")
@@ -206,41 +207,41 @@ def _run_stage(ctx: Context, name: str, train_fn):
     if ctx.env.is_main:
         checkpoint.save(result, result_path)
     barrier(ctx.env)
-    if ctx.cfg["runtime"].get("fail_after") == name:
+    if ctx.cfg.runtime.fail_after == name:
         raise InjectedFailure(f"injected failure after stage {name} (runtime.fail_after)")
     return result
 
 
 def new_encoder(cfg) -> ECGEncoder:
-    m = cfg["model"]
-    return ECGEncoder(m["size"], 12, m["norm"], m["dropout"])
+    m = cfg.model
+    return ECGEncoder(m.size, 12, m.norm, m.dropout)
 
 
 def _maybe_compile(cfg, module: nn.Module) -> None:
-    if cfg["runtime"].get("compile"):
+    if cfg.runtime.compile:
         module.compile()
 
 
-def _schedule(ctx: Context, name: str, stage_cfg: dict, epochs: int | None = None) -> Schedule:
-    rt = ctx.cfg["runtime"]
+def _schedule(ctx: Context, name: str, stage_cfg: Config, epochs: int | None = None) -> Schedule:
+    rt = ctx.cfg.runtime
     return Schedule(stage_dir=ctx.stage_dir(name), env=ctx.env,
-                    epochs=int(stage_cfg["epochs"] if epochs is None else epochs),
-                    warmup_epochs=float(stage_cfg.get("warmup_epochs", 0)), seed=ctx.seed(name), amp=rt["amp"],
-                    fail_after=rt.get("fail_after"), log_every=rt.get("log_every", 20), progress=ctx.progress)
+                    epochs=int(stage_cfg.epochs if epochs is None else epochs),
+                    warmup_epochs=float(stage_cfg.warmup_epochs), seed=ctx.seed(name), amp=rt.amp,
+                    fail_after=rt.fail_after, log_every=rt.log_every, progress=ctx.progress)
 
 
-def contrastive_loss(cfg: dict, env: DistEnv):
+def contrastive_loss(cfg: Config, env: DistEnv):
     """The stage-1 loss from ecgkt.losses -> (loss(e, t, scale, bias), uses_bias); distributed across ranks
     (gather | ring, `pretrain.distributed_loss`) under torchrun."""
     from .. import losses
 
-    p = cfg["pretrain"]
-    mode = p["distributed_loss"] if env.distributed else None
-    if p["loss"] == "clip":
+    p = cfg.pretrain
+    mode = p.distributed_loss if env.distributed else None
+    if p.loss == "clip":
         return (lambda e, t, scale, bias: losses.clip_loss(e, t, scale, distributed=mode)), False
-    if p["loss"] == "siglip":
+    if p.loss == "siglip":
         return (lambda e, t, scale, bias: losses.siglip_loss(e, t, scale, bias, distributed=mode)), True
-    raise ECGKTError(f"pretrain.loss must be 'clip' or 'siglip', got {p['loss']!r}")
+    raise ECGKTError(f"pretrain.loss must be 'clip' or 'siglip', got {p.loss!r}")
 
 
 def _scale(model) -> torch.Tensor:
@@ -252,19 +253,19 @@ def pretrain(ctx: Context, name: str = "pretrain", permute: bool = False) -> dic
     pool (every train-fold ECG; validation and test subjects never enter). permute=True is the control."""
 
     def train():
-        cfg, env, p, m = ctx.cfg, ctx.env, ctx.cfg["pretrain"], ctx.cfg["model"]
+        cfg, env, p, m = ctx.cfg, ctx.env, ctx.cfg.pretrain, ctx.cfg.model
         torch.manual_seed(ctx.seed(name))
         tabs = ctx.tables("train")
-        model = ContrastiveModel(new_encoder(cfg), len(ctx.tab_names), m["embed_dim"], m["tab_hidden"],
-                                 m["tab_layers"], m["tab_dropout"], p["temperature"])
+        model = ContrastiveModel(new_encoder(cfg), len(ctx.tab_names), m.embed_dim, m.tab_hidden,
+                                 m.tab_layers, m.tab_dropout, p.temperature)
         model.tab_encoder.normalizer.fit(tabs["tab"], tabs["tab_mask"])  # training fold only
         loss_mod, uses_bias = contrastive_loss(cfg, env)
         model.logit_bias.requires_grad_(uses_bias)
         model.to(env.device)
         _maybe_compile(cfg, model.ecg_encoder)
         dataset = PermutedTabular(ctx.train, tabs["tab"], tabs["tab_mask"], ctx.seed(name)) if permute else ctx.train
-        loader = make_loader(dataset, p["batch_size"], env, seed=ctx.seed(name), shuffle=True,
-                             num_workers=cfg["data"]["num_workers"])
+        loader = make_loader(dataset, p.batch_size, env, seed=ctx.seed(name), shuffle=True,
+                             num_workers=cfg.data.num_workers)
 
         def pair_loss(net, batch, loss_fn, train=True):
             x = ctx.prep.train_view(batch, env.device) if train else ctx.prep(batch, env.device)
@@ -283,15 +284,15 @@ def ssl_pretrain(ctx: Context, name: str = "ssl_pretrain") -> dict:
     from ..models.ssl import augment
 
     def train():
-        cfg, env, p, m = ctx.cfg, ctx.env, ctx.cfg["pretrain"], ctx.cfg["model"]
+        cfg, env, p, m = ctx.cfg, ctx.env, ctx.cfg.pretrain, ctx.cfg.model
         torch.manual_seed(ctx.seed(name))
-        model = ECGViewsModel(new_encoder(cfg), m["embed_dim"], p["temperature"])
+        model = ECGViewsModel(new_encoder(cfg), m.embed_dim, p.temperature)
         loss_mod, uses_bias = contrastive_loss(cfg, env)
         model.logit_bias.requires_grad_(uses_bias)
         model.to(env.device)
         _maybe_compile(cfg, model.ecg_encoder)
-        loader = make_loader(ctx.train, p["batch_size"], env, seed=ctx.seed(name), shuffle=True,
-                             num_workers=cfg["data"]["num_workers"])
+        loader = make_loader(ctx.train, p.batch_size, env, seed=ctx.seed(name), shuffle=True,
+                             num_workers=cfg.data.num_workers)
 
         def views_loss(net, batch, loss_fn, train=True):
             if train:
@@ -313,10 +314,10 @@ def ssl_pretrain(ctx: Context, name: str = "ssl_pretrain") -> dict:
 def _fit_contrastive(ctx: Context, name: str, model, loader, batch_loss, loss_mod) -> list[dict]:
     """Stage-1 training of any pre-training arm: batch_loss(net, batch, loss_fn, train) on the pool, the
     best epoch by the single-process validation loss kept."""
-    p = ctx.cfg["pretrain"]
+    p = ctx.cfg.pretrain
     local_loss = contrastive_loss(ctx.cfg, DistEnv())[0]
-    validate = _pair_validation(ctx, p["batch_size"], lambda mdl, b: batch_loss(mdl, b, local_loss, train=False))
-    task = Task(name, model, param_groups([(model, p["lr"])], p["weight_decay"]),
+    validate = _pair_validation(ctx, p.batch_size, lambda mdl, b: batch_loss(mdl, b, local_loss, train=False))
+    task = Task(name, model, param_groups([(model, p.lr)], p.weight_decay),
                 loss=lambda net, b: batch_loss(net, b, loss_mod), validate=validate, select="val_loss",
                 minimize=True)
     return fit(task, loader, _schedule(ctx, name, p))
@@ -358,8 +359,8 @@ def arm_encoder_state(ctx: Context, arm: str) -> dict | None:
 
 
 def new_ecgkt_model(ctx: Context, encoder_state: dict | None = None) -> ECGKTModel:
-    m = ctx.cfg["model"]
-    model = ECGKTModel.build(size=m["size"], norm=m["norm"], dropout=m["dropout"], head_dropout=m["head_dropout"],
+    m = ctx.cfg.model
+    model = ECGKTModel.build(size=m.size, norm=m.norm, dropout=m.dropout, head_dropout=m.head_dropout,
                              leads=ctx.leads, dx_names=ctx.dx_names, lab_label_names=ctx.lab_label_names,
                              lab_tests=ctx.lab_tests, preprocessing=_prep_settings(ctx.cfg))
     if encoder_state is not None:
@@ -377,7 +378,7 @@ def masked_bce(logits, target, mask):
 def embed(ctx: Context, encoder: nn.Module, dataset) -> torch.Tensor:
     encoder.eval()
     out = []
-    for batch in make_loader(dataset, 256, ctx.env, seed=0, shuffle=False, num_workers=ctx.cfg["data"]["num_workers"]):
+    for batch in make_loader(dataset, 256, ctx.env, seed=0, shuffle=False, num_workers=ctx.cfg.data.num_workers):
         out.append(encoder(ctx.prep(batch, ctx.env.device)).float().cpu())
     return torch.cat(out)
 
@@ -400,10 +401,10 @@ def train_labs(ctx: Context, encoder_state: dict, name: str = "labs") -> dict:
     """Stage 2: lab abnormalities (low/high per test, masked where missing) from the ECG embedding."""
 
     def train():
-        cfg, env, s = ctx.cfg, ctx.env, ctx.cfg["labs"]
+        cfg, env, s = ctx.cfg, ctx.env, ctx.cfg.labs
         torch.manual_seed(ctx.seed(name))
         model = new_ecgkt_model(ctx, encoder_state).to(env.device)
-        frozen = float(s["encoder_lr"]) == 0.0
+        frozen = float(s.encoder_lr) == 0.0
         val_tab = ctx.tables("val")
         model.dx_head.requires_grad_(False)
         if frozen:
@@ -413,9 +414,9 @@ def train_labs(ctx: Context, encoder_state: dict, name: str = "labs") -> dict:
                                lab_mask=train_tab["lab_mask"])
             val_h = embed(ctx, model.encoder, ctx.val)
             model.encoder.requires_grad_(False)
-            loader = make_loader(train_rows, s["batch_size"], DistEnv(device=env.device), seed=ctx.seed(name),
+            loader = make_loader(train_rows, s.batch_size, DistEnv(device=env.device), seed=ctx.seed(name),
                                  shuffle=True)
-            groups = param_groups([(model.lab_head, s["lr"])], s["weight_decay"])
+            groups = param_groups([(model.lab_head, s.lr)], s.weight_decay)
 
             def loss_fn(net, b):
                 return masked_bce(net.lab_head(b["h"].to(env.device)), b["lab_y"].to(env.device),
@@ -424,9 +425,9 @@ def train_labs(ctx: Context, encoder_state: dict, name: str = "labs") -> dict:
             def val_logits(mdl):
                 return mdl.lab_head(val_h.to(env.device))
         else:
-            loader = make_loader(ctx.train, s["batch_size"], env, seed=ctx.seed(name), shuffle=True,
-                                 num_workers=cfg["data"]["num_workers"])
-            groups = param_groups([(model.encoder, s["encoder_lr"]), (model.lab_head, s["lr"])], s["weight_decay"])
+            loader = make_loader(ctx.train, s.batch_size, env, seed=ctx.seed(name), shuffle=True,
+                                 num_workers=cfg.data.num_workers)
+            groups = param_groups([(model.encoder, s.encoder_lr), (model.lab_head, s.lr)], s.weight_decay)
 
             def loss_fn(net, b):
                 out = net(ctx.prep.train_view(b, env.device))
@@ -493,18 +494,18 @@ def _dx_predictions(ctx: Context, model, forward) -> dict:
 def finetune_steps(ctx: Context, n_labelled: int) -> tuple[int, int]:
     """The fixed step budget of a fraction, the same for every arm: max(min_steps, epochs * n / batch),
     split into `rounds` validation rounds -> (rounds, steps per round)."""
-    s = ctx.cfg["finetune"]
-    total = max(int(s["min_steps"]), math.ceil(float(s["epochs"]) * n_labelled / int(s["batch_size"])))
-    rounds = max(1, int(s["rounds"]))
+    s = ctx.cfg.finetune
+    total = max(int(s.min_steps), math.ceil(float(s.epochs) * n_labelled / int(s.batch_size)))
+    rounds = max(1, int(s.rounds))
     return rounds, max(1, math.ceil(total / rounds))
 
 
 def _labelled_loader(ctx: Context, name: str, fraction: float, replicate: int):
-    s = ctx.cfg["finetune"]
+    s = ctx.cfg.finetune
     data = ctx.labelled(fraction, replicate)
     rounds, per_round = finetune_steps(ctx, len(data))
-    loader = fixed_step_loader(data, s["batch_size"], ctx.env, seed=ctx.seed(name), steps=per_round,
-                               num_workers=ctx.cfg["data"]["num_workers"])
+    loader = fixed_step_loader(data, s.batch_size, ctx.env, seed=ctx.seed(name), steps=per_round,
+                               num_workers=ctx.cfg.data.num_workers)
     return data, loader, rounds
 
 
@@ -518,7 +519,7 @@ def finetune(ctx: Context, name: str = "finetune", encoder_state: dict | None = 
     (from a pre-trained encoder) or the signal-only baseline (encoder_state None: from scratch)."""
 
     def train():
-        cfg, env, s = ctx.cfg, ctx.env, ctx.cfg["finetune"]
+        cfg, env, s = ctx.cfg, ctx.env, ctx.cfg.finetune
         torch.manual_seed(ctx.seed(name))
         data, loader, rounds = _labelled_loader(ctx, name, fraction, replicate)
         model = new_ecgkt_model(ctx, encoder_state)
@@ -527,13 +528,13 @@ def finetune(ctx: Context, name: str = "finetune", encoder_state: dict | None = 
             model.dx_head.linear.bias.copy_(torch.log(p / (1 - p)))
         if lab_head_state is not None:
             model.lab_head.load_state_dict(lab_head_state)
-        lab_w = float(s.get("lab_loss_weight", 0.0))
+        lab_w = float(s.lab_loss_weight)
         model.lab_head.requires_grad_(lab_w > 0)
         model.to(env.device)
         _maybe_compile(cfg, model.encoder)
-        enc_lr = s["encoder_lr"] if encoder_state is not None else s["lr"]
-        heads = [(model.dx_head, s["lr"])] + ([(model.lab_head, s["lr"])] if lab_w > 0 else [])
-        groups = param_groups([(model.encoder, enc_lr)] + heads, s["weight_decay"])
+        enc_lr = s.encoder_lr if encoder_state is not None else s.lr
+        heads = [(model.dx_head, s.lr)] + ([(model.lab_head, s.lr)] if lab_w > 0 else [])
+        groups = param_groups([(model.encoder, enc_lr)] + heads, s.weight_decay)
 
         def loss_fn(net, b):
             out = net(ctx.prep.train_view(b, env.device))
@@ -559,12 +560,12 @@ def multimodal(ctx: Context, name: str = "multimodal", fraction: float = 1.0, re
     """Reference: ECG + tabular encoders fused, trained on diagnoses; tabular data needed at inference."""
 
     def train():
-        cfg, env, s, m = ctx.cfg, ctx.env, ctx.cfg["finetune"], ctx.cfg["model"]
+        cfg, env, s, m = ctx.cfg, ctx.env, ctx.cfg.finetune, ctx.cfg.model
         torch.manual_seed(ctx.seed(name))
         data, loader, rounds = _labelled_loader(ctx, name, fraction, replicate)
         tabs = ctx.tables("train")
-        model = MultimodalModel(new_encoder(cfg), len(ctx.tab_names), len(ctx.dx_names), m["tab_hidden"],
-                                m["tab_layers"], m["tab_dropout"], m["head_dropout"], _dx_prior(data))
+        model = MultimodalModel(new_encoder(cfg), len(ctx.tab_names), len(ctx.dx_names), m.tab_hidden,
+                                m.tab_layers, m.tab_dropout, m.head_dropout, _dx_prior(data))
         model.tab_encoder.normalizer.fit(tabs["tab"], tabs["tab_mask"])
         model.to(env.device)
         _maybe_compile(cfg, model.ecg_encoder)
@@ -576,7 +577,7 @@ def multimodal(ctx: Context, name: str = "multimodal", fraction: float = 1.0, re
             logits = fwd(net, ctx.prep.train_view(b, env.device), b)
             return nn.functional.binary_cross_entropy_with_logits(logits.float(), b["dx_y"].to(env.device))
 
-        task = Task(name, model, param_groups([(model, s["lr"])], s["weight_decay"]), loss=loss_fn,
+        task = Task(name, model, param_groups([(model, s.lr)], s.weight_decay), loss=loss_fn,
                     validate=_dx_validate(ctx, fwd), select="val_dx_macro_auroc")
         history = fit(task, loader, _schedule(ctx, name, s, epochs=rounds))
         return dict(state=_cpu_state(model), history=history, pred=_dx_predictions(ctx, model, fwd),
@@ -614,7 +615,7 @@ def probe(ctx: Context, arm: str) -> dict:
         feats = _features(ctx, arm)
         if feats is None:
             return dict(arm=arm, available=False, dx={}, lab=None)
-        l2 = [float(v) for v in ctx.cfg["protocol"]["probe_l2"]]
+        l2 = [float(v) for v in ctx.cfg.protocol.probe_l2]
         val_rows, test_rows = ctx.dx_rows("val"), ctx.dx_rows("test")
         tv, tt, ttr = ctx.tables("val"), ctx.tables("test"), ctx.tables("train")
         dx = {}
@@ -665,9 +666,9 @@ def run_job(ctx: Context, job: plan.Job) -> dict:
 
 
 def load_multimodal(ctx: Context, result: dict) -> MultimodalModel:
-    m = ctx.cfg["model"]
-    model = MultimodalModel(new_encoder(ctx.cfg), len(ctx.tab_names), len(ctx.dx_names), m["tab_hidden"],
-                            m["tab_layers"], m["tab_dropout"], m["head_dropout"])
+    m = ctx.cfg.model
+    model = MultimodalModel(new_encoder(ctx.cfg), len(ctx.tab_names), len(ctx.dx_names), m.tab_hidden,
+                            m.tab_layers, m.tab_dropout, m.head_dropout)
     model.load_state_dict(result["state"])
     return model.to(ctx.env.device).eval()
 
