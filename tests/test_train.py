@@ -95,3 +95,26 @@ def test_cli_single_stage_needs_its_predecessor(tmp_path):
     (store / "manifest.json").write_text("{}")
     assert main(["train-labs", "--out", str(tmp_path / "run"), "--data", str(store), "--no-progress"]) == 2
     assert main(["pipeline", "--out", str(tmp_path / "r2"), "--set", "model.bogus=1"]) == 2
+
+
+def test_several_stage1_seeds_feed_the_replicates(tmp_path):
+    """protocol.pretrain_seeds=2: each pre-trained arm has two stage-1 runs (different weights); replicate r
+    of the fine-tuning and probe arms starts from run r mod 2, and the sweep still holds every replicate."""
+    from ecgkt.train import plan, runner
+
+    ctx = _ctx(tmp_path, "protocol.pretrain_seeds=2", "protocol.replicates=2", "protocol.fractions=[0.5,1.0]",
+               "protocol.finetune_arms=[signal_only,ecgkt]", "protocol.probe_arms=[random,ecgkt]",
+               "control.enabled=false", "runtime.jobs=1")
+    jobs = plan.build(ctx.cfg)
+    by = plan.by_name(jobs)
+    assert by["ecgkt_f50_r1"].deps == ("labs_s1",) and by["labs_s1"].deps == ("pretrain_s1",)
+    assert by["ecgkt_f50_r0"].deps == ("labs",) and by["signal_only_f50_r1"].deps == ()
+    runner.run(ctx, [j for j in jobs if j.kind != "final_labs"], 1, log=lambda *a: None)
+    r = pipeline.load_results(ctx, jobs)
+    a, b = r["pretrain"]["state"], r["pretrain_s1"]["state"]
+    assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
+    assert set(r["probe_ecgkt"]["dx"]) == {"f50_r0", "f100_r0"} and set(r["probe_ecgkt_s1"]["dx"]) == {"f50_r1"}
+    assert r["probe_ecgkt"]["lab"] is not None and r["probe_ecgkt_s1"]["lab"] is None
+    rows = {(x["arm"], x["evaluation"], x["fraction"], x["replicate"]) for x in pipeline.sweep_rows(ctx, r)}
+    assert {("ecgkt", e, 0.5, k) for e in ("probe", "finetune") for k in (0, 1)} <= rows
+    assert {("random", "probe", 0.5, 1), ("signal_only", "finetune", 0.5, 1)} <= rows

@@ -140,6 +140,7 @@ def compute_run(preds: dict, dx_names, lab_label_names, cfg: Config, extra: dict
     res["config"] = cfg.recorded()
     res["protocol"] = dict(document="docs/protocol.md", claim=le_mod.CLAIM, hypotheses=le_mod.HYPOTHESES,
                            fractions=p.fractions, replicates=p.replicates, replicates_full=p.replicates_full,
+                           pretrain_seeds=p.pretrain_seeds,
                            finetune_arms=p.finetune_arms, probe_arms=p.probe_arms,
                            headline_subset=p.headline_subset, dx_cohort=p.dx_cohort,
                            min_test_positives=p.min_test_positives,

@@ -107,6 +107,7 @@ class Protocol:
     fractions: list[float]
     replicates: int
     replicates_full: int
+    pretrain_seeds: int
     finetune_arms: list[str]
     probe_arms: list[str]
     probe_l2: list[float]

@@ -35,6 +35,7 @@ class Job:
     arm: str | None = None
     fraction: float | None = None
     replicate: int | None = None
+    pretrain_seed: int = 0  # which stage-1 run of its arm it starts from (protocol.pretrain_seeds)
     deps: tuple = ()
     cost: float = 1.0  # rough relative cost, for scheduling the longest jobs first
 
@@ -47,6 +48,37 @@ def finetune_name(arm: str, fraction: float, replicate: int) -> str:
     if fraction >= 1.0 and (arm, replicate) in _LEGACY:
         return _LEGACY[(arm, replicate)]
     return f"{arm}_{fraction_tag(fraction)}_r{replicate}"
+
+
+def seed_suffix(k: int) -> str:
+    """Stage-1 seed k of an arm: k = 0 keeps the plain job names (`pretrain`, `labs`, `probe_ecgkt`)."""
+    return "" if k == 0 else f"_s{k}"
+
+
+def pretrain_seeds(cfg: Config) -> int:
+    return int(cfg.protocol.pretrain_seeds)
+
+
+def seed_of(cfg: Config, replicate: int) -> int:
+    """Replicate r of every pre-trained arm starts from that arm's stage-1 run r mod pretrain_seeds."""
+    return int(replicate) % pretrain_seeds(cfg)
+
+
+def stage1_name(arm: str, k: int = 0) -> str:
+    return PRETRAIN_STAGE[arm] + seed_suffix(k)
+
+
+def labs_name(k: int = 0) -> str:
+    return "labs" + seed_suffix(k)
+
+
+def probe_name(arm: str, k: int = 0) -> str:
+    return f"probe_{arm}" + seed_suffix(k)
+
+
+def seeded_arm(arm: str) -> bool:
+    """Arms whose initial encoder depends on a stage-1 seed (the random arm's initialisation does too)."""
+    return arm in PRETRAIN_STAGE or arm == "random"
 
 
 def replicates(cfg: Config, fraction: float) -> int:
@@ -90,7 +122,7 @@ def validate(cfg: Config) -> None:
         raise ECGKTError("protocol.finetune_arms must include ecgkt and signal_only (the comparison itself)")
     if 1.0 not in fractions(cfg):
         raise ECGKTError("protocol.fractions must include 1.0 (the paper's comparison and the final model)")
-    for key in ("replicates", "replicates_full"):
+    for key in ("replicates", "replicates_full", "pretrain_seeds"):
         if int(getattr(p, key)) < 1:
             raise ECGKTError(f"protocol.{key} must be >= 1")
 
@@ -101,20 +133,26 @@ def build(cfg: Config) -> list[Job]:
     arms = finetune_arms(cfg)
     probes = probe_arms(cfg)
     needed = {a for a in arms + probes if a in PRETRAIN_STAGE}
+    seeds = range(pretrain_seeds(cfg))
     jobs = []
-    for arm in ("ecgkt", "control", "ssl"):
-        if arm in needed or arm == "ecgkt":
-            jobs.append(Job(PRETRAIN_STAGE[arm], "pretrain", arm=arm, cost=20.0 if arm == "ssl" else 10.0))
-    jobs.append(Job("labs", "labs", arm="ecgkt", deps=("pretrain",), cost=1.0))
+    for k in seeds:
+        for arm in ("ecgkt", "control", "ssl"):
+            if arm in needed or arm == "ecgkt":
+                jobs.append(Job(stage1_name(arm, k), "pretrain", arm=arm, pretrain_seed=k,
+                                cost=20.0 if arm == "ssl" else 10.0))
+        jobs.append(Job(labs_name(k), "labs", arm="ecgkt", pretrain_seed=k, deps=(stage1_name("ecgkt", k),),
+                        cost=1.0))
     for arm in probes:
-        deps = (PRETRAIN_STAGE[arm],) if arm in PRETRAIN_STAGE else ()
-        jobs.append(Job(f"probe_{arm}", "probe", arm=arm, deps=deps, cost=1.0))
+        for k in (seeds if seeded_arm(arm) else (0,)):
+            deps = (stage1_name(arm, k),) if arm in PRETRAIN_STAGE else ()
+            jobs.append(Job(probe_name(arm, k), "probe", arm=arm, pretrain_seed=k, deps=deps, cost=1.0))
     for f in fractions(cfg):
         for r in range(replicates(cfg, f)):
             for arm in arms:
-                deps = {"ecgkt": ("labs",), "control": ("control_pretrain",), "ssl": ("ssl_pretrain",)}.get(arm, ())
-                jobs.append(Job(finetune_name(arm, f, r), "finetune", arm=arm, fraction=f, replicate=r, deps=deps,
-                                cost=2.0 + 6.0 * math.sqrt(f)))
+                k = seed_of(cfg, r) if arm in PRETRAIN_STAGE else 0
+                deps = {"ecgkt": (labs_name(k),)}.get(arm, (stage1_name(arm, k),) if arm in PRETRAIN_STAGE else ())
+                jobs.append(Job(finetune_name(arm, f, r), "finetune", arm=arm, fraction=f, replicate=r,
+                                pretrain_seed=k, deps=deps, cost=2.0 + 6.0 * math.sqrt(f)))
     jobs.append(Job("final_labs", "final_labs", arm="ecgkt", deps=("finetune",), cost=1.0))
     return jobs
 

@@ -348,13 +348,15 @@ def _encoder_state(state: dict, prefix: str = "ecg_encoder.") -> dict:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def arm_encoder_state(ctx: Context, arm: str) -> dict | None:
-    """The initial encoder of a fine-tuning or probe arm: its stage-1 encoder; ecgkt's through stage 2
-    (unchanged there unless labs.encoder_lr > 0); None for the arms that start from random weights."""
+def arm_encoder_state(ctx: Context, arm: str, pretrain_seed: int = 0) -> dict | None:
+    """The initial encoder of a fine-tuning or probe arm: its stage-1 encoder (run `pretrain_seed` of that
+    arm); ecgkt's through stage 2 (unchanged there unless labs.encoder_lr > 0); None for the arms that start
+    from random weights."""
     if arm == "ecgkt":
-        return checkpoint.load(ctx.stage_dir("labs") / "result.pt")["encoder"]
+        return checkpoint.load(ctx.stage_dir(plan.labs_name(pretrain_seed)) / "result.pt")["encoder"]
     if arm in plan.PRETRAIN_STAGE:
-        return _encoder_state(checkpoint.load(ctx.stage_dir(plan.PRETRAIN_STAGE[arm]) / "result.pt")["state"])
+        state = checkpoint.load(ctx.stage_dir(plan.stage1_name(arm, pretrain_seed)) / "result.pt")["state"]
+        return _encoder_state(state)
     return None
 
 
@@ -587,7 +589,7 @@ def multimodal(ctx: Context, name: str = "multimodal", fraction: float = 1.0, re
 
 
 # --- linear probes -----------------------------------------------------------------------------------
-def _features(ctx: Context, arm: str) -> dict:
+def _features(ctx: Context, arm: str, pretrain_seed: int = 0) -> dict:
     """Frozen features of every train/val/test item for a probe arm: its encoder's embedding of the whole
     record, or for the oracles the generator's true beat parameters (as they are, or in a non-linear basis)."""
     if arm in ("oracle", "oracle_nl"):
@@ -595,8 +597,8 @@ def _features(ctx: Context, arm: str) -> dict:
 
         feats = oracle.features(ctx)
         return oracle.nonlinear_features(feats) if arm == "oracle_nl" else feats
-    state = arm_encoder_state(ctx, arm)
-    torch.manual_seed(ctx.seed(f"probe_{arm}"))  # the random arm's initialisation
+    state = arm_encoder_state(ctx, arm, pretrain_seed)
+    torch.manual_seed(ctx.seed(plan.probe_name(arm, pretrain_seed)))  # the random arm's initialisation
     encoder = new_encoder(ctx.cfg)
     if state is not None:
         encoder.load_state_dict(state)
@@ -604,15 +606,17 @@ def _features(ctx: Context, arm: str) -> dict:
     return {split: embed(ctx, encoder, getattr(ctx, split)).double().numpy() for split in ("train", "val", "test")}
 
 
-def probe(ctx: Context, arm: str) -> dict:
-    """Linear probes of one frozen arm: diagnoses at every (fraction, replicate) of the plan, on the
-    diagnosis cohort; lab abnormalities on every train-fold ECG whose lab is known."""
+def probe(ctx: Context, arm: str, pretrain_seed: int = 0) -> dict:
+    """Linear probes of one frozen arm (its stage-1 run `pretrain_seed`): diagnoses at every (fraction,
+    replicate) of the plan that starts from that run, on the diagnosis cohort; lab abnormalities (run 0 only)
+    on every train-fold ECG whose lab is known."""
     from ..evaluate import probe as probe_mod
 
-    name = f"probe_{arm}"
+    name = plan.probe_name(arm, pretrain_seed)
+    seeded = plan.seeded_arm(arm)
 
     def train():
-        feats = _features(ctx, arm)
+        feats = _features(ctx, arm, pretrain_seed)
         if feats is None:
             return dict(arm=arm, available=False, dx={}, lab=None)
         l2 = [float(v) for v in ctx.cfg.protocol.probe_l2]
@@ -621,6 +625,8 @@ def probe(ctx: Context, arm: str) -> dict:
         dx = {}
         for f in plan.fractions(ctx.cfg):
             for r in range(plan.replicates(ctx.cfg, f)):
+                if seeded and plan.seed_of(ctx.cfg, r) != pretrain_seed:
+                    continue
                 rows = ctx.labelled_rows(f, r)
                 p = probe_mod.fit(feats["train"][rows], ttr["dx_y"].numpy()[rows], feats["val"][val_rows],
                                   tv["dx_y"].numpy()[val_rows], l2_grid=l2)
@@ -629,7 +635,7 @@ def probe(ctx: Context, arm: str) -> dict:
                     val=torch.from_numpy(p.predict(feats["val"][val_rows])),
                     test=torch.from_numpy(p.predict(feats["test"][test_rows])))
         lab = None
-        if ttr["lab_y"].shape[1]:
+        if ttr["lab_y"].shape[1] and pretrain_seed == 0:
             p = probe_mod.fit(feats["train"], ttr["lab_y"].numpy(), feats["val"], tv["lab_y"].numpy(),
                               ttr["lab_mask"].numpy(), tv["lab_mask"].numpy(), l2_grid=l2)
             lab = dict(l2=p.l2, val_macro_auroc=p.val_macro_auroc, val=torch.from_numpy(p.predict(feats["val"])),
@@ -647,20 +653,20 @@ def run_job(ctx: Context, job: plan.Job) -> dict:
             return ssl_pretrain(ctx, job.name)
         return pretrain(ctx, job.name, permute=job.arm == "control")
     if job.kind == "labs":
-        return train_labs(ctx, _encoder_state(checkpoint.load(ctx.stage_dir("pretrain") / "result.pt")["state"]),
-                          job.name)
+        stage1 = checkpoint.load(ctx.stage_dir(plan.stage1_name("ecgkt", job.pretrain_seed)) / "result.pt")
+        return train_labs(ctx, _encoder_state(stage1["state"]), job.name)
     if job.kind == "final_labs":
         final = checkpoint.load(ctx.stage_dir("finetune") / "result.pt")
         return train_labs(ctx, _encoder_state(final["state"], "encoder."), job.name)
     if job.kind == "probe":
-        return probe(ctx, job.arm)
+        return probe(ctx, job.arm, job.pretrain_seed)
     if job.kind == "finetune":
         if job.arm == "multimodal":
             return multimodal(ctx, job.name, job.fraction, job.replicate)
-        state = arm_encoder_state(ctx, job.arm)
+        state = arm_encoder_state(ctx, job.arm, job.pretrain_seed)
         lab_head = None
         if job.arm == "ecgkt":
-            lab_head = checkpoint.load(ctx.stage_dir("labs") / "result.pt")["lab_head"]
+            lab_head = checkpoint.load(ctx.stage_dir(plan.labs_name(job.pretrain_seed)) / "result.pt")["lab_head"]
         return finetune(ctx, job.name, state, lab_head, job.fraction, job.replicate)
     raise ECGKTError(f"unknown job kind {job.kind!r}")
 
