@@ -6,13 +6,18 @@ logits tile ``scale * x_blk @ y_blk.T`` on chip (never in memory). The embedding
 tiled: each logits tile is a loop over BLOCK_K-wide slices of D (a pipelined GEMM main loop), so
 on-chip memory does not grow with D:
 
-  _rows_reduce_kernel   per-row log-sum-exp (online max/sum) or per-row sum of softplus(L + bias)
+  _lse_fused_kernel     row and column log-sum-exp of CLIP in one pass over the logits (column
+                        partials per program, merged in a fixed order: no atomics)
+  _rows_softplus_kernel per-row sum of softplus(L + bias) (SigLIP's forward)
   _rows_grad_kernel     recomputes each tile, forms dL/dlogits and accumulates dL @ y_blk for one
                         BLOCK_DO-wide slice of D (grid axis 1), plus the per-row partials of the
                         scale and bias gradients
 
-Column statistics and the gradient of ``y`` are the same kernels with the roles of x and y
-swapped (the formulas are symmetric), so no atomics are needed and results are deterministic.
+The gradient of ``y`` is the gradient kernel with the roles of x and y swapped (the formulas are
+symmetric), so no atomics are needed and results are deterministic. Work per training step, in
+GEMM-equivalents (B x B x D multiply-adds): CLIP forward 1, backward 4 (the logits recomputed for
+each gradient pass); SigLIP the same. A 4-GEMM step needs the gradients of x and y from one pass,
+i.e. atomics (non-deterministic) or a [programs, B, D] partial buffer.
 For D > BLOCK_DO the gradient kernel recomputes the logits once per output slice (correct for any
 D; the cost grows with D / BLOCK_DO).
 
@@ -42,7 +47,6 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "") == "1"
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 SHARED_MEMORY_LIMIT = 164 * 1024  # bytes per block on an A100 (sm_80); H100/H200 allow 227 KB
 
-REDUCE_LSE, REDUCE_SOFTPLUS = 0, 1
 GRAD_CLIP, GRAD_SIGMOID_ROWS, GRAD_SIGMOID_COLS = 0, 1, 2
 FP16_GRAD_SCALING = True  # float16 backward: scale dL/dlogits rows before the cast (tests turn it off)
 
@@ -71,32 +75,59 @@ def _logits_tile(x_ptr, y_ptr, rows, cols, n_x, n_y, dim, stride_x, stride_y, sc
 
 
 @triton.jit
-def _rows_reduce_kernel(x_ptr, y_ptr, scale_ptr, bias_ptr, out_ptr, n_x, n_y, dim, stride_x, stride_y,
-                        MODE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                        BLOCK_K: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-                        NUM_STAGES: tl.constexpr):
+def _rows_softplus_kernel(x_ptr, y_ptr, scale_ptr, bias_ptr, out_ptr, n_x, n_y, dim, stride_x, stride_y,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                          UPCAST: tl.constexpr, PRECISION: tl.constexpr, NUM_STAGES: tl.constexpr):
+    """Per row: sum_j softplus(L_ij + bias), softplus(z) = max(z, 0) + log(1 + exp(-|z|))."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     scale = tl.load(scale_ptr).to(tl.float32)
     bias = tl.load(bias_ptr).to(tl.float32)
-    run_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
     run_sum = tl.zeros([BLOCK_M], tl.float32)
     for j0 in range(0, n_y, BLOCK_N):
         cols = j0 + tl.arange(0, BLOCK_N)
         logits = _logits_tile(x_ptr, y_ptr, rows, cols, n_x, n_y, dim, stride_x, stride_y, scale,
                               BLOCK_M, BLOCK_N, BLOCK_K, UPCAST, PRECISION, NUM_STAGES)
-        valid = cols[None, :] < n_y
-        if MODE == 0:  # REDUCE_LSE: online log-sum-exp
-            logits = tl.where(valid, logits, float("-inf"))
-            new_max = tl.maximum(run_max, tl.max(logits, 1))
-            run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(tl.exp(logits - new_max[:, None]), 1)
-            run_max = new_max
-        else:  # REDUCE_SOFTPLUS: softplus(z) = max(z, 0) + log(1 + exp(-|z|))
-            z = logits + bias
-            softplus = tl.maximum(z, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(z)))
-            run_sum += tl.sum(tl.where(valid, softplus, 0.0), 1)
-    if MODE == 0:
-        run_sum = run_max + tl.log(run_sum)
+        z = logits + bias
+        softplus = tl.maximum(z, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(z)))
+        run_sum += tl.sum(tl.where(cols[None, :] < n_y, softplus, 0.0), 1)
     tl.store(out_ptr + rows, run_sum, mask=rows < n_x)
+
+
+@triton.jit
+def _lse_fused_kernel(x_ptr, y_ptr, scale_ptr, row_out_ptr, col_max_ptr, col_sum_ptr, n_x, n_y, dim, stride_x,
+                      stride_y, n_programs, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                      UPCAST: tl.constexpr, PRECISION: tl.constexpr, NUM_STAGES: tl.constexpr):
+    """Row and column log-sum-exp from one pass over the logits. Program p owns row blocks p, p + P, ...
+    and keeps, for every column, the online (max, sum) over its own rows in row p of the [P, n_y] partial
+    buffers (nobody else writes there: no atomics); the caller merges the P partials in a fixed order."""
+    pid = tl.program_id(0)
+    scale = tl.load(scale_ptr).to(tl.float32)
+    part = pid.to(tl.int64) * n_y
+    for blk in range(pid, tl.cdiv(n_x, BLOCK_M), n_programs):
+        rows = blk * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_ok = rows < n_x
+        run_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        run_sum = tl.zeros([BLOCK_M], tl.float32)
+        for j0 in range(0, n_y, BLOCK_N):
+            cols = j0 + tl.arange(0, BLOCK_N)
+            col_ok = cols < n_y
+            logits = _logits_tile(x_ptr, y_ptr, rows, cols, n_x, n_y, dim, stride_x, stride_y, scale,
+                                  BLOCK_M, BLOCK_N, BLOCK_K, UPCAST, PRECISION, NUM_STAGES)
+            logits = tl.where(row_ok[:, None] & col_ok[None, :], logits, float("-inf"))
+            # rows: the same online log-sum-exp as _rows_reduce_kernel (padding rows stay finite, unused)
+            new_max = tl.maximum(run_max, tl.max(logits, 1))
+            safe = tl.where(new_max == float("-inf"), 0.0, new_max)
+            run_sum = run_sum * tl.exp(run_max - safe) + tl.sum(tl.exp(logits - safe[:, None]), 1)
+            run_max = new_max
+            # columns: fold this tile into the program's partials
+            c_max = tl.load(col_max_ptr + part + cols, mask=col_ok, other=float("-inf"))
+            c_sum = tl.load(col_sum_ptr + part + cols, mask=col_ok, other=0.0)
+            m = tl.maximum(c_max, tl.max(logits, 0))
+            safe_c = tl.where(m == float("-inf"), 0.0, m)
+            c_sum = c_sum * tl.exp(c_max - safe_c) + tl.sum(tl.exp(logits - safe_c[None, :]), 0)
+            tl.store(col_max_ptr + part + cols, m, mask=col_ok)
+            tl.store(col_sum_ptr + part + cols, c_sum, mask=col_ok)
+        tl.store(row_out_ptr + rows, run_max + tl.log(tl.where(row_ok, run_sum, 1.0)), mask=row_ok)
 
 
 @triton.jit
@@ -175,6 +206,8 @@ def config(dtype: torch.dtype, dim: int, interpret: bool = INTERPRET) -> dict:
     block = 32 if wide else 64
     cfg = dict(BLOCK_M=block, BLOCK_N=block, BLOCK_K=block_k, BLOCK_DO=min(bucket, 64 if wide else 128),
                NUM_STAGES=2 if wide else 3, num_warps=4 if wide else 8,
+               # float32 softplus at 4 warps keeps a 16-byte stack frame on sm_80 (D bucket 16); 8 warps none
+               softplus_warps=8,
                PRECISION="tf32x3" if wide else "tf32")  # "tf32" is ignored for 16-bit tiles
     if interpret:  # smaller tiles are faster in numpy; the interpreter's bfloat16 dot is wrong
         cfg.update(BLOCK_M=32, BLOCK_N=32, UPCAST=dtype == torch.bfloat16, PRECISION="ieee")
@@ -198,22 +231,51 @@ def _check(a, b):
                          f"{b.dtype}{tuple(b.shape)} on {b.device} do not match")
 
 
-def _launch_args(cfg):
-    meta = {k: v for k, v in cfg.items() if k != "num_warps"}
-    return meta, cfg["num_warps"]
+def _launch_args(cfg, kernel: str = ""):
+    """Compile-time arguments and warps of one kernel ("softplus" has its own warp count)."""
+    meta = {k: v for k, v in cfg.items() if k not in ("num_warps", "softplus_warps")}
+    return meta, cfg["softplus_warps" if kernel == "softplus" else "num_warps"]
 
 
-def _reduce_rows(x, y, scale, bias, mode):
+def _softplus_rows(x, y, scale, bias):
     x, y = x.contiguous(), y.contiguous()
     cfg = config(x.dtype, x.shape[1])
-    meta, warps = _launch_args(cfg)
+    meta, warps = _launch_args(cfg, "softplus")
     meta.pop("BLOCK_DO")
     out = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
     grid = (triton.cdiv(x.shape[0], cfg["BLOCK_M"]),)
     with on_device(x):
-        _rows_reduce_kernel[grid](x, y, scale, bias, out, x.shape[0], y.shape[0], x.shape[1], x.stride(0),
-                                  y.stride(0), MODE=mode, num_warps=warps, **meta)
+        _rows_softplus_kernel[grid](x, y, scale, bias, out, x.shape[0], y.shape[0], x.shape[1], x.stride(0),
+                                    y.stride(0), num_warps=warps, **meta)
     return out
+
+
+def fused_programs(x: torch.Tensor, n_blocks: int) -> int:
+    """Programs of the fused log-sum-exp: enough to fill the GPU (4 per SM), never more than row blocks.
+    The partial buffers hold 2 x programs x B floats (about 2 x 528 x 4 B per column on an H100)."""
+    if x.is_cuda:
+        cap = 4 * torch.cuda.get_device_properties(x.device).multi_processor_count
+    else:  # the interpreter: a few programs, so that tests cover several row blocks per program
+        cap = 3
+    return max(1, min(n_blocks, cap))
+
+
+def _lse_fused(x, y, scale, programs=None):
+    x, y = x.contiguous(), y.contiguous()
+    cfg = config(x.dtype, x.shape[1])
+    meta, warps = _launch_args(cfg)
+    meta.pop("BLOCK_DO")
+    n_x, n_y = x.shape[0], y.shape[0]
+    p = programs or fused_programs(x, triton.cdiv(n_x, cfg["BLOCK_M"]))
+    row = torch.empty(n_x, dtype=torch.float32, device=x.device)
+    col_max = torch.full((p, n_y), float("-inf"), dtype=torch.float32, device=x.device)
+    col_sum = torch.zeros((p, n_y), dtype=torch.float32, device=x.device)
+    with on_device(x):
+        _lse_fused_kernel[(p,)](x, y, scale, row, col_max, col_sum, n_x, n_y, x.shape[1], x.stride(0), y.stride(0),
+                                p, num_warps=warps, **meta)
+    top = col_max.max(0).values
+    col = top + torch.log((col_sum * torch.exp(col_max - top)).sum(0))  # a fixed-order merge: deterministic
+    return row, col
 
 
 def _grad_rows(x, y, scale, bias, lse_x, lse_y, g_x, g_y, mode):
@@ -236,9 +298,9 @@ def _grad_rows(x, y, scale, bias, lse_x, lse_y, g_x, g_y, mode):
     return grad, scale_part.sum(0), bias_part
 
 
-def clip_block_lse(a, b, scale):
+def clip_block_lse(a, b, scale, programs=None):
     _check(a, b)
-    return _reduce_rows(a, b, scale, scale, REDUCE_LSE), _reduce_rows(b, a, scale, scale, REDUCE_LSE)
+    return _lse_fused(a, b, scale, programs)
 
 
 def clip_block_lse_backward(a, b, scale, row_lse, col_lse, grad_row, grad_col):
@@ -250,7 +312,7 @@ def clip_block_lse_backward(a, b, scale, row_lse, col_lse, grad_row, grad_col):
 
 def siglip_block(a, b, scale, bias):
     _check(a, b)
-    return _reduce_rows(a, b, scale, bias, REDUCE_SOFTPLUS)
+    return _softplus_rows(a, b, scale, bias)
 
 
 def siglip_block_backward(a, b, scale, bias, grad_row):

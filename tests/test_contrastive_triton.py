@@ -57,6 +57,21 @@ def test_triton_kernels_match_reference(dtype, rows, cols, dim):
         assert _rel_err(x, r, floor) <= rel, f"siglip grad {name}: {_rel_err(x, r, floor):.3g}"
 
 
+@pytest.mark.parametrize("programs", [1, 2, 5])
+def test_fused_lse_gives_the_same_statistics_for_any_number_of_programs(programs):
+    """The one-pass row + column log-sum-exp: each program folds its row blocks into its own column
+    partials; the merge gives the reference for 1 program (every block in one), several, and as many as
+    there are row blocks; and the same inputs give bit-identical results (no atomics)."""
+    g = torch.Generator().manual_seed(programs)
+    a, b = _rows(161, 40, torch.float32, g), _rows(71, 40, torch.float32, g)
+    s = torch.tensor(25.0)
+    ref_row, ref_col = reference.clip_block_lse_reference(a.double(), b.double(), s.double())
+    row, col = k.clip_block_lse(a, b, s, programs=programs)
+    assert _rel_err(row, ref_row) <= 2e-6 and _rel_err(col, ref_col) <= 2e-6
+    again = k.clip_block_lse(a, b, s, programs=programs)
+    assert torch.equal(again[0], row) and torch.equal(again[1], col)
+
+
 def test_config_covers_every_dim_with_a_bucket():
     assert [k.dim_bucket(d) for d in (1, 16, 17, 33, 64, 65, 128, 129, 4096)] == [16, 16, 32, 64, 64, 128, 128,
                                                                                    256, 256]
@@ -125,6 +140,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from ecgkt.kernels import contrastive as k
 
+KERNELS = ("fused", "softplus", "grad")
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 ELEM = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
 INTS = {n: "i32" for n in ("n_x", "n_y", "dim", "stride_x", "stride_y")}
@@ -133,13 +149,20 @@ GRAD_PTRS = ("scale_ptr", "bias_ptr", "lse_x_ptr", "lse_y_ptr", "g_x_ptr", "g_y_
 
 def resources(arch, dtype, bucket, kernel):
     cfg = k.config(dtype, bucket, interpret=False)
-    warps = cfg.pop("num_warps")
+    warps = cfg.pop("softplus_warps" if kernel == "softplus" else "num_warps")
+    cfg.pop("num_warps", None), cfg.pop("softplus_warps", None)
     e = ELEM[dtype]
-    if kernel == "reduce":
+    if kernel == "fused":
         cfg.pop("BLOCK_DO")
-        const = dict(MODE=k.REDUCE_LSE, **cfg)
+        const = dict(cfg)
+        sig = dict(x_ptr=e, y_ptr=e, scale_ptr="*fp32", row_out_ptr="*fp32", col_max_ptr="*fp32",
+                   col_sum_ptr="*fp32", **INTS, n_programs="i32")
+        fn = k._lse_fused_kernel
+    elif kernel == "softplus":
+        cfg.pop("BLOCK_DO")
+        const = dict(cfg)
         sig = dict(x_ptr=e, y_ptr=e, scale_ptr="*fp32", bias_ptr="*fp32", out_ptr="*fp32", **INTS)
-        fn = k._rows_reduce_kernel
+        fn = k._rows_softplus_kernel
     else:  # GRAD_CLIP: the heaviest mode (two exponentials and two statistics per element)
         const = dict(MODE=k.GRAD_CLIP, SCALE_GRAD=dtype == torch.float16, **cfg)
         sig = dict(x_ptr=e, y_ptr=e, **{p: "*fp32" for p in GRAD_PTRS}, **INTS)
@@ -157,7 +180,7 @@ def resources(arch, dtype, bucket, kernel):
                 registers=field("REG"), stack=field("STACK"), local=field("LOCAL"))
 
 rows = [resources(arch, dtype, bucket, kernel) for arch in (80, 90) for dtype in k.DTYPES
-        for bucket in k.DIM_BUCKETS for kernel in ("reduce", "grad")]
+        for bucket in k.DIM_BUCKETS for kernel in KERNELS]
 print("RESOURCES " + json.dumps(rows))
 """
 
@@ -175,7 +198,7 @@ def compiled_resources():
 
 
 def test_every_configuration_compiles_for_sm80_and_sm90_within_resources(compiled_resources):
-    assert len(compiled_resources) == 2 * len(k.DTYPES) * len(k.DIM_BUCKETS) * 2
+    assert len(compiled_resources) == 2 * len(k.DTYPES) * len(k.DIM_BUCKETS) * 3
     for row in compiled_resources:
         assert row["shared"] <= k.SHARED_MEMORY_LIMIT, row  # A100: 164 KB per block
         assert row["stack"] == 0 and row["local"] == 0, f"register spills: {row}"

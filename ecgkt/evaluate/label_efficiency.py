@@ -305,14 +305,23 @@ def _f(v):
     return "n/a" if v is None else f"{v:+.4f}"
 
 
-def markdown(le: dict, hyp: list[dict], labs: dict | None) -> list[str]:
+def _replicates_line(protocol: dict | None) -> str:
+    if not protocol or "replicates" not in protocol:
+        return ""
+    k = int(protocol.get("pretrain_seeds", 1))
+    return (f" Replicate r (r < {protocol['replicates']} below 100 %): label draw r, training seed r, and stage-1 "
+            f"run r mod {k} of each pre-trained arm ({k} stage-1 run{'s' if k > 1 else ''} per arm).")
+
+
+def markdown(le: dict, hyp: list[dict], labs: dict | None, protocol: dict | None = None) -> list[str]:
     from ..train.plan import ARM_TITLES
 
     lines = ["## Label efficiency (docs/protocol.md)", "",
              f"Headline subset: {le['labels']['headline_subset_n']} test ECGs; "
              f"{len(le['labels']['eligible'])} labels with >= {le['labels']['min_test_positives']} positives "
              f"(claim groups: {', '.join(le['labels']['claim_groups'])}); "
-             f"duplicate parents dropped: {', '.join(le['labels']['duplicate_parents_dropped']) or 'none'}.", "",
+             f"duplicate parents dropped: {', '.join(le['labels']['duplicate_parents_dropped']) or 'none'}."
+             + _replicates_line(protocol), "",
              "| fraction | evaluation | arm | replicates | macro AUROC (claim groups), mean | "
              + " | ".join(GROUP_TITLES.get(g, g) for g in le["labels"]["groups"]) + " |",
              "|---" * (5 + len(le["labels"]["groups"])) + "|"]

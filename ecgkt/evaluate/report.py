@@ -256,7 +256,7 @@ def markdown(res: dict, lab_label_names=None) -> str:
 
         le = dict(rows=res["label_efficiency"], comparisons=res["label_efficiency_comparisons"],
                   ceilings=res["ceilings"], labels=res["label_metadata"])
-        lines += [""] + le_mod.markdown(le, res["hypotheses"], res.get("lab_probes"))
+        lines += [""] + le_mod.markdown(le, res["hypotheses"], res.get("lab_probes"), res.get("protocol"))
     lines += ["", "## Reading (the paper's comparison, 100 % labels)", ""] + [f"- {v}" for v in res["verdict"]]
     return "\n".join(lines) + "\n"
 
