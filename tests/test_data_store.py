@@ -266,3 +266,27 @@ def test_collate_matches_default_collate(built):
         assert torch.equal(torch.nan_to_num(ours[key]), torch.nan_to_num(ref[key])), key
     batches = list(DataLoader(ds, batch_size=3, num_workers=2, collate_fn=collate))
     assert torch.cat([b["index"] for b in batches]).tolist() == list(range(len(ds)))
+
+
+def test_getitems_matches_getitem(built):
+    """The DataLoader's batched fetch (__getitems__) gives the items and batches of per-item indexing."""
+    from torch.utils.data import default_collate
+
+    from ecgkt.data import collate
+
+    ds = ECGDataset(built.path)
+    idx = [len(ds) - 1, 0, -1, 1, 0]
+    one, many = [ds[i] for i in idx], ds.__getitems__(idx)
+    assert len(many) == len(idx)
+    for a, b in zip(one, many):
+        assert list(a) == list(b)
+        for key in a:
+            assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape, key
+            assert torch.equal(torch.nan_to_num(a[key]), torch.nan_to_num(b[key])), key
+    for ours, ref in ((collate(many), collate(one)), (default_collate(many), default_collate(one))):
+        assert list(ours) == list(ref)
+        for key in ref:
+            assert ours[key].dtype == ref[key].dtype and torch.equal(torch.nan_to_num(ours[key]),
+                                                                      torch.nan_to_num(ref[key])), key
+    with pytest.raises(IndexError):
+        ds.__getitems__([0, len(ds)])

@@ -17,6 +17,8 @@ DataLoader workers and with ``DistributedSampler``.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -82,6 +84,60 @@ class ECGDataset(Dataset):
             "study_id": torch.tensor(self.study_id[i], dtype=torch.int64),
         }
 
+    def __getitems__(self, indices) -> "_Items":
+        """The items at ``indices``, as the DataLoader fetches a batch (same values as
+        ``[self[i] for i in indices]``); see :class:`_Items`."""
+        idx = np.array([int(i) for i in indices], dtype=np.int64)
+        bad = (idx < -len(self)) | (idx >= len(self))
+        if bad.any():
+            raise IndexError(f"index {idx[bad][0]} out of range for a dataset of {len(self)} rows")
+        return _Items(self, idx % len(self) if len(self) else idx)
+
+    def _gather(self, idx: np.ndarray, shared: bool) -> dict:
+        """The batch of items ``idx`` (in range), each field gathered with one numpy take."""
+        sources = {"signal": (self.store.signals, self.signal_rows[idx]), "gain": (self.gains, idx),
+                   "baseline": (self.baselines, idx), "tab": (self.tab, idx), "tab_mask": (self.tab_mask, idx),
+                   "lab_y": (self.lab_y, idx), "lab_mask": (self.lab_mask, idx), "dx_y": (self.dx_y, idx),
+                   "index": (self.rows, idx), "subject_id": (self.subject_id, idx), "study_id": (self.study_id, idx)}
+        batch = {}
+        for key, (array, take) in sources.items():
+            out = _empty((len(idx), *array.shape[1:]), torch.from_numpy(np.empty(0, array.dtype)).dtype, shared)
+            # mode="clip" (the indices are in range) spares the copy through a temporary buffer that
+            # mode="raise" makes whenever `out` is given
+            np.take(array, take, axis=0, out=out.numpy(), mode="clip")
+            batch[key] = out
+        return batch
+
+
+class _Items(Sequence):
+    """The items of one ``ECGDataset.__getitems__`` call, fetched lazily. ``collate`` gathers the whole
+    batch at once (one numpy take per field, straight into shared memory in a worker) instead of
+    building eleven small tensors per item and stacking them; any other collate_fn sees ordinary items
+    (dicts of views into such a batch, gathered on first access)."""
+
+    def __init__(self, dataset: ECGDataset, idx: np.ndarray):
+        self.dataset, self.idx = dataset, idx
+        self._items = None
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def batch(self, shared: bool = False) -> dict:
+        return self.dataset._gather(self.idx, shared)
+
+    def __getitem__(self, j):
+        if self._items is None:
+            fields = self.batch()
+            self._items = [{k: v[i] for k, v in fields.items()} for i in range(len(self))]
+        return self._items[j]
+
+
+def _empty(shape, dtype, shared: bool) -> torch.Tensor:
+    out = torch.empty(shape, dtype=dtype)
+    if shared:
+        out.share_memory_()  # the batch goes to the main process through shared memory anyway
+    return out
+
 
 def _columns(df, names, rows) -> np.ndarray:
     missing = [n for n in names if n not in df.columns]
@@ -102,11 +158,11 @@ def collate(items: list[dict]) -> dict:
     if not items:
         raise ValueError("collate: empty batch")
     in_worker = torch.utils.data.get_worker_info() is not None
+    if isinstance(items, _Items):  # from ECGDataset.__getitems__: gathered field by field
+        return items.batch(shared=in_worker)
     batch = {}
     for key, first in items[0].items():
-        out = torch.empty((len(items), *first.shape), dtype=first.dtype)
-        if in_worker:
-            out.share_memory_()  # the batch goes to the main process through shared memory anyway
+        out = _empty((len(items), *first.shape), first.dtype, in_worker)
         np.stack([item[key].numpy() for item in items], out=out.numpy())
         batch[key] = out
     return batch
