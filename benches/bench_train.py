@@ -160,7 +160,7 @@ def _run(benchmark, sizes, step, provider, device, x_name="batch"):
 def test_train_stage1(benchmark, sizes, store, provider):
     from ecgkt.train import config
 
-    threads = config.resolve()["runtime"]["threads"] or torch.get_num_threads()
+    threads = config.resolve().runtime.threads or torch.get_num_threads()
     before = torch.get_num_threads()
     torch.set_num_threads(threads)  # the configuration's CPU threads, for every contender
     try:
