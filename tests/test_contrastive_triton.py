@@ -148,9 +148,7 @@ GRAD_PTRS = ("scale_ptr", "bias_ptr", "lse_x_ptr", "lse_y_ptr", "g_x_ptr", "g_y_
              "scale_part_ptr", "bias_part_ptr")
 
 def resources(arch, dtype, bucket, kernel):
-    cfg = k.config(dtype, bucket, interpret=False)
-    warps = cfg.pop("softplus_warps" if kernel == "softplus" else "num_warps")
-    cfg.pop("num_warps", None), cfg.pop("softplus_warps", None)
+    cfg, warps = k._launch_args(k.config(dtype, bucket, interpret=False), kernel)
     e = ELEM[dtype]
     if kernel == "fused":
         cfg.pop("BLOCK_DO")

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..errors import ECGKTError
 from ..models import ContrastiveModel, ECGEncoder, ECGKTModel, ECGPreprocessor, ECGViewsModel, MultimodalModel
 from . import checkpoint, plan
-from .config import Config
+from .config import Config, Finetune, Labs, Pretrain
 from .distributed import DistEnv, barrier
 from .engine import (InjectedFailure, Preprocessed, Schedule, Task, fit, fixed_step_loader, make_loader,
                      param_groups)
@@ -148,16 +148,12 @@ def context_from_datasets(cfg, env, run_dir, train, val, test) -> Context:
     for split, ds in (("train", train), ("val", val), ("test", test)):
         if len(ds) == 0:
             raise ECGKTError(f"the {split} split (folds {getattr(cfg.data, split + '_folds')}) holds no ECGs")
-    prep = Preprocessed(ECGPreprocessor(**_prep_settings(cfg)), float(train.fs), cfg.preprocessing.cache,
+    prep = Preprocessed(ECGPreprocessor(**cfg.preprocessing.filter_settings()), float(train.fs), cfg.preprocessing.cache,
                         cfg.preprocessing.train_crop_seconds)
     return Context(cfg=cfg, env=env, run_dir=Path(run_dir), train=train, val=val, test=test, prep=prep,
                    fs=float(train.fs), leads=list(train.leads), tab_names=list(train.tab_names),
                    lab_tests=list(train.lab_tests), lab_label_names=list(train.lab_label_names),
                    dx_names=list(train.dx_names))
-
-
-def _prep_settings(cfg) -> dict:
-    return cfg.preprocessing.filter_settings()
 
 
 _TABLE_KEYS = ("tab", "tab_mask", "lab_y", "lab_mask", "dx_y", "study_id")
@@ -222,7 +218,7 @@ def _maybe_compile(cfg, module: nn.Module) -> None:
         module.compile()
 
 
-def _schedule(ctx: Context, name: str, stage_cfg: Config, epochs: int | None = None) -> Schedule:
+def _schedule(ctx: Context, name: str, stage_cfg: Pretrain | Labs | Finetune, epochs: int | None = None) -> Schedule:
     rt = ctx.cfg.runtime
     return Schedule(stage_dir=ctx.stage_dir(name), env=ctx.env,
                     epochs=int(stage_cfg.epochs if epochs is None else epochs),
@@ -364,7 +360,7 @@ def new_ecgkt_model(ctx: Context, encoder_state: dict | None = None) -> ECGKTMod
     m = ctx.cfg.model
     model = ECGKTModel.build(size=m.size, norm=m.norm, dropout=m.dropout, head_dropout=m.head_dropout,
                              leads=ctx.leads, dx_names=ctx.dx_names, lab_label_names=ctx.lab_label_names,
-                             lab_tests=ctx.lab_tests, preprocessing=_prep_settings(ctx.cfg))
+                             lab_tests=ctx.lab_tests, preprocessing=ctx.cfg.preprocessing.filter_settings())
     if encoder_state is not None:
         model.encoder.load_state_dict(encoder_state)
     return model
