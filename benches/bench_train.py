@@ -32,9 +32,9 @@ class PeerDataset(Dataset):
     def __init__(self, ds, cfg, clean: str, read: str):
         self.ds, self.clean, self.read = ds, clean, read
         pp = cfg.preprocessing
-        self.settings = dict(target_fs=pp["target_fs"], notch=pp["notch"])
-        self.lowpass, self.highpass = pp["lowpass"], pp["highpass"]
-        self.crop = int(round(pp["train_crop_seconds"] * pp["target_fs"]))
+        self.settings = dict(target_fs=pp.target_fs, notch=pp.notch)
+        self.lowpass, self.highpass = pp.lowpass, pp.highpass
+        self.crop = int(round(pp.train_crop_seconds * pp.target_fs))
         self.paths = [str(p) for p in ds.store.cohort["record"].to_numpy()[ds.rows]]
 
     def __len__(self):
