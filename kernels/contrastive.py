@@ -114,7 +114,7 @@ def _lse_fused_kernel(x_ptr, y_ptr, scale_ptr, row_out_ptr, col_max_ptr, col_sum
             logits = _logits_tile(x_ptr, y_ptr, rows, cols, n_x, n_y, dim, stride_x, stride_y, scale,
                                   BLOCK_M, BLOCK_N, BLOCK_K, UPCAST, PRECISION, NUM_STAGES)
             logits = tl.where(row_ok[:, None] & col_ok[None, :], logits, float("-inf"))
-            # rows: the same online log-sum-exp as _rows_reduce_kernel (padding rows stay finite, unused)
+            # rows: online log-sum-exp (padding rows stay finite, unused)
             new_max = tl.maximum(run_max, tl.max(logits, 1))
             safe = tl.where(new_max == float("-inf"), 0.0, new_max)
             run_sum = run_sum * tl.exp(run_max - safe) + tl.sum(tl.exp(logits - safe[:, None]), 1)

@@ -69,20 +69,7 @@ class ECGDataset(Dataset):
         if not -len(self) <= i < len(self):
             raise IndexError(f"index {i} out of range for a dataset of {len(self)} rows")
         i = int(i) % len(self)
-        row = int(self.rows[i])
-        return {
-            "signal": torch.from_numpy(np.array(self.store.signals[self.signal_rows[i]])),
-            "gain": torch.from_numpy(self.gains[i].copy()),
-            "baseline": torch.from_numpy(self.baselines[i].copy()),
-            "tab": torch.from_numpy(self.tab[i].copy()),
-            "tab_mask": torch.from_numpy(self.tab_mask[i].copy()),
-            "lab_y": torch.from_numpy(self.lab_y[i].copy()),
-            "lab_mask": torch.from_numpy(self.lab_mask[i].copy()),
-            "dx_y": torch.from_numpy(self.dx_y[i].copy()),
-            "index": torch.tensor(row, dtype=torch.int64),
-            "subject_id": torch.tensor(self.subject_id[i], dtype=torch.int64),
-            "study_id": torch.tensor(self.study_id[i], dtype=torch.int64),
-        }
+        return {key: torch.from_numpy(np.array(array[at])) for key, (array, at) in self._sources(i).items()}
 
     def __getitems__(self, indices) -> "_Items":
         """The items at ``indices``, as the DataLoader fetches a batch (same values as
@@ -93,14 +80,17 @@ class ECGDataset(Dataset):
             raise IndexError(f"index {idx[bad][0]} out of range for a dataset of {len(self)} rows")
         return _Items(self, idx % len(self) if len(self) else idx)
 
+    def _sources(self, idx):
+        """Each field of item(s) ``idx`` (in range) as (array, positions in it): the one list of fields."""
+        return {"signal": (self.store.signals, self.signal_rows[idx]), "gain": (self.gains, idx),
+                "baseline": (self.baselines, idx), "tab": (self.tab, idx), "tab_mask": (self.tab_mask, idx),
+                "lab_y": (self.lab_y, idx), "lab_mask": (self.lab_mask, idx), "dx_y": (self.dx_y, idx),
+                "index": (self.rows, idx), "subject_id": (self.subject_id, idx), "study_id": (self.study_id, idx)}
+
     def _gather(self, idx: np.ndarray, shared: bool) -> dict:
         """The batch of items ``idx`` (in range), each field gathered with one numpy take."""
-        sources = {"signal": (self.store.signals, self.signal_rows[idx]), "gain": (self.gains, idx),
-                   "baseline": (self.baselines, idx), "tab": (self.tab, idx), "tab_mask": (self.tab_mask, idx),
-                   "lab_y": (self.lab_y, idx), "lab_mask": (self.lab_mask, idx), "dx_y": (self.dx_y, idx),
-                   "index": (self.rows, idx), "subject_id": (self.subject_id, idx), "study_id": (self.study_id, idx)}
         batch = {}
-        for key, (array, take) in sources.items():
+        for key, (array, take) in self._sources(idx).items():
             out = _empty((len(idx), *array.shape[1:]), torch.from_numpy(np.empty(0, array.dtype)).dtype, shared)
             # mode="clip" (the indices are in range) spares the copy through a temporary buffer that
             # mode="raise" makes whenever `out` is given
