@@ -3,7 +3,7 @@ write without it: wfdb.rdrecord per record, leads mapped by name, batches of 64 
 (the model's settings: 0.5-45 Hz, 60 Hz notch, resample to 100 Hz, z-score) and run through the same model
 in torch.no_grad.
 
-  ecgkt      Predictor.run: what the CLI runs (threaded reads, fused preprocessing, conv+BN folded)
+  ecgkt      Predictor.run: what the CLI runs (threaded reads, fused preprocessing, network folded for inference)
   ecgkt-cli  the `ecgkt predict MODEL LIST.txt --format csv --output FILE` command, process start included
 """
 import subprocess

@@ -333,3 +333,63 @@ def test_a_rate_the_preprocessing_cannot_handle_fails_alone(model):
     out = Predictor(model).predict_records(records)
     assert isinstance(out[0], RecordResult) and isinstance(out[2], RecordResult)
     assert isinstance(out[1], Failure) and out[1].name == "rec1" and "333.3333" in out[1].problem
+
+
+def _with_running_stats(model, seed=0):
+    """A copy of ``model`` whose batch norms hold non-trivial running statistics (as after training)."""
+    import copy
+
+    model = copy.deepcopy(model).eval()
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return model
+
+
+@pytest.mark.parametrize("length", [1000, 999, 250, 37])  # odd lengths reach the pools' ceil_mode windows
+def test_inference_network_folds_batch_norms_and_shortcut_pools_without_changing_outputs(model, length):
+    from ecgkt.predict.inference import PooledPointwise, fuse_for_inference
+
+    reference = _with_running_stats(model)
+    fused = fuse_for_inference(reference)
+    kinds = {type(m) for m in fused.modules()}
+    assert torch.nn.BatchNorm1d not in kinds and torch.nn.AvgPool1d not in kinds and PooledPointwise in kinds
+    x = torch.randn(5, 12, length, generator=torch.Generator().manual_seed(length))
+    with torch.no_grad():
+        want, got = reference(x), fused(x)
+    for key in ("embedding", "dx_logits", "lab_logits"):
+        torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("ceil_mode", [False, True])
+def test_pool_then_pointwise_conv_is_one_strided_convolution(ceil_mode):
+    from ecgkt.predict.inference import PooledPointwise, fuse_for_inference
+
+    torch.manual_seed(1)
+    seq = torch.nn.Sequential(torch.nn.AvgPool1d(2, 2, ceil_mode=ceil_mode), torch.nn.Conv1d(7, 5, 1))
+    fused = fuse_for_inference(seq)
+    assert isinstance(fused[1], PooledPointwise) and isinstance(fused[0], torch.nn.Identity)
+    for length in (10, 11):
+        x = torch.randn(3, 7, length)
+        with torch.no_grad():
+            torch.testing.assert_close(fused(x), seq(x), rtol=1e-5, atol=1e-6)
+    # other pools and convolutions are left alone
+    for other in (torch.nn.Sequential(torch.nn.AvgPool1d(3, 2), torch.nn.Conv1d(7, 5, 1)),
+                  torch.nn.Sequential(torch.nn.AvgPool1d(2, 2), torch.nn.Conv1d(7, 5, 3))):
+        assert [type(m) for m in fuse_for_inference(other)] == [type(m) for m in other]
+
+
+def test_default_reader_threads_leave_the_model_its_cores(monkeypatch):
+    from ecgkt.predict import inference
+
+    monkeypatch.setattr(inference.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(inference.torch, "get_num_threads", lambda: 1)
+    assert inference.default_read_workers() == 1
+    monkeypatch.setattr(inference.torch, "get_num_threads", lambda: 2)
+    assert inference.default_read_workers() == 1
+    monkeypatch.setattr(inference.os, "cpu_count", lambda: 64)
+    assert inference.default_read_workers() == 4

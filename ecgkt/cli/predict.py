@@ -64,7 +64,8 @@ def add_cli(subparsers) -> None:
     p.add_argument("--top", type=int, default=5, help="diagnoses shown per record in the table (default: 5)")
     p.add_argument("--lab-threshold", type=float, default=0.5,
                    help="probability at which a lab abnormality enters the explanation (default: 0.5)")
-    p.add_argument("--workers", type=int, default=2, help="threads reading files (default: 2)")
+    p.add_argument("--workers", type=int, help="threads reading files (default: the cores that --threads "
+                                               "leaves free, 1 to 4)")
     p.add_argument("--threads", type=int, help="CPU threads for preprocessing and the model (default: torch's; "
                                                "1 is fastest when other jobs share the cores)")
     p.set_defaults(func=run_predict)
