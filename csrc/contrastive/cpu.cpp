@@ -43,16 +43,28 @@ constexpr T kOneExpRange = sizeof(T) == 8 ? T(700) : T(80);
 
 int64_t num_blocks(int64_t n, int64_t tile) { return (n + tile - 1) / tile; }
 
-// (min, max) of n values
+// (min, max) of n values. Sixteen independent lanes: GCC leaves `omp simd` min/max reductions scalar
+// (a 4-cycle dependency chain per value, 11 % of the CLIP forward + backward at B = 8192); these
+// fixed-width loops become packed min/max. `x < y ? x : y` ignores NaN like std::min; a NaN logit still
+// reaches the exp pass and the finiteness check of the result.
 template <typename T>
 std::pair<T, T> min_max(const T* p, int64_t n) {
-  T lo = std::numeric_limits<T>::infinity(), hi = -std::numeric_limits<T>::infinity();
-#pragma omp simd reduction(min : lo) reduction(max : hi)
-  for (int64_t k = 0; k < n; ++k) {
-    lo = std::min(lo, p[k]);
-    hi = std::max(hi, p[k]);
+  constexpr int kLanes = 16;
+  T lo[kLanes], hi[kLanes];
+  for (int l = 0; l < kLanes; ++l) lo[l] = std::numeric_limits<T>::infinity(), hi[l] = -lo[l];
+  int64_t k = 0;
+  for (; k + kLanes <= n; k += kLanes)
+    for (int l = 0; l < kLanes; ++l) {
+      const T x = p[k + l];
+      lo[l] = x < lo[l] ? x : lo[l];
+      hi[l] = x > hi[l] ? x : hi[l];
+    }
+  for (; k < n; ++k) {
+    lo[0] = p[k] < lo[0] ? p[k] : lo[0];
+    hi[0] = p[k] > hi[0] ? p[k] : hi[0];
   }
-  return {lo, hi};
+  for (int l = 1; l < kLanes; ++l) lo[0] = std::min(lo[0], lo[l]), hi[0] = std::max(hi[0], hi[l]);
+  return {lo[0], hi[0]};
 }
 
 // W = exp(L - ref), element-wise over n values (ATen's vectorised exp)
