@@ -96,7 +96,9 @@ def test_large_logit_scale_does_not_overflow(kind):
 def test_clip_tiles_of_narrow_and_wide_logit_range_in_one_call(dtype):
     """The CPU kernel reduces a tile with one exp pass when its logits span a narrow range and with two
     (row and column maxima) when they span a wide one; a call whose tiles take both paths (rows of small
-    norm in the first 256-row tile, unit rows after it; 700 columns = two column tiles) matches the reference."""
+    norm in the first 256-row tile, unit rows after it; 700 columns = two column tiles) matches the reference.
+    The first row tile's norm bound (|scale| x max row norms) is narrow enough to skip the min/max pass; the
+    others are measured."""
     g = torch.Generator().manual_seed(11)
     a = torch.nn.functional.normalize(torch.randn(601, 40, generator=g, dtype=torch.float64), dim=-1)
     a[:256] *= 0.1

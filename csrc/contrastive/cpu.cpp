@@ -67,6 +67,39 @@ std::pair<T, T> min_max(const T* p, int64_t n) {
   return {lo[0], hi[0]};
 }
 
+// Bounds of the logits of each tile without reading it: |L_ij| <= |scale| |a_i| |b_j| (Cauchy-Schwarz),
+// so U = |scale| * (largest row norm of the row block) * (largest of the column block). When 2U fits the
+// one-exp range, U serves as the tile's reference and the min/max pass is skipped (normalised embeddings
+// with |scale| up to ~40, e.g. CLIP's initial 1/0.07); otherwise tile_range() measures the tile.
+template <typename T>
+struct TileBounds {
+  std::vector<double> row_norm, col_norm;
+  double scale;
+
+  static std::vector<double> block_max_norms(const T* x, int64_t rows, int64_t dim, int64_t tile) {
+    std::vector<double> out(num_blocks(rows, tile), 0.0);
+    for (int64_t i = 0; i < rows; ++i) {
+      double ss = 0;
+#pragma omp simd reduction(+ : ss)
+      for (int64_t k = 0; k < dim; ++k) ss += double(x[i * dim + k]) * double(x[i * dim + k]);
+      out[i / tile] = std::max(out[i / tile], std::sqrt(ss));  // NaN norms: std::max keeps the old value...
+      if (!std::isfinite(ss)) out[i / tile] = std::numeric_limits<double>::infinity();  // ...so mark it here
+    }
+    return out;
+  }
+  TileBounds(const Tensor& a, const Tensor& b, double s)
+      : row_norm(block_max_norms(a.const_data_ptr<T>(), a.size(0), a.size(1), kTileRows)),
+        col_norm(block_max_norms(b.const_data_ptr<T>(), b.size(0), b.size(1), kTileCols)),
+        scale(std::abs(s)) {}
+
+  // (lo, hi) for the tile at rows i0.., columns j0..: (-U, U) when that is narrow enough, else measured
+  std::pair<T, T> tile_range(const T* L, int64_t i0, int64_t j0, int64_t count) const {
+    const double u = scale * row_norm[i0 / kTileRows] * col_norm[j0 / kTileCols];
+    if (2 * u <= double(kOneExpRange<T>) - 1) return {T(-u), T(u)};  // 1: room for the GEMM's rounding
+    return min_max(L, count);
+  }
+};
+
 // W = exp(L - ref), element-wise over n values (ATen's vectorised exp)
 template <typename T>
 void exp_minus(const Tensor& scratch, const T* L, T ref, int64_t n) {
@@ -165,12 +198,12 @@ struct TileBuffers {
 // Online log-sum-exp of an [m, n] tile into running (max, sum) states, along rows (max/sum [m]) and
 // along columns ([n]): sum <- sum * exp(max - new_max) + sum(exp(tile - new_max)), max <- new_max.
 template <typename T>
-void online_lse(const Tensor& tile, const Tensor& scratch, int64_t m, int64_t n, T* rmax, T* rsum, T* cmax,
-                T* csum) {
+void online_lse(const Tensor& tile, const Tensor& scratch, int64_t m, int64_t n, std::pair<T, T> range, T* rmax,
+                T* rsum, T* cmax, T* csum) {
   const T* L = tile.const_data_ptr<T>();
   T* W = scratch.mutable_data_ptr<T>();
-  const auto [lo, hi] = min_max(L, m * n);
-  if (hi - lo <= kOneExpRange<T>) {  // one exp pass, relative to the tile maximum
+  const auto [lo, hi] = range;
+  if (hi - lo <= kOneExpRange<T>) {  // one exp pass, relative to the tile maximum (or its bound)
     exp_minus(scratch, L, hi, m * n);
     std::vector<T> col(W, W + n);
     for (int64_t i = 0; i < m; ++i) {
@@ -241,6 +274,7 @@ std::tuple<Tensor, Tensor> clip_lse(const Tensor& a, const Tensor& b, double sca
   Tensor row_lse = torch::stable::empty({rows}, acc);
   std::vector<T> col_max(groups * cols, kNegInf), col_sum(groups * cols, T(0));
   T* row_out = row_lse.mutable_data_ptr<T>();
+  const TileBounds<T> bounds(a, b, scale);
 
   torch::stable::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
     TileBuffers buf(acc);
@@ -255,7 +289,8 @@ std::tuple<Tensor, Tensor> clip_lse(const Tensor& a, const Tensor& b, double sca
         for (int64_t jb = 0; jb < col_blocks; ++jb) {
           const int64_t j0 = jb * kTileCols, n = std::min(kTileCols, cols - j0);
           Tensor logits = buf.tile(a, b, i0, m, j0, n, scale);
-          online_lse<T>(logits, buf.scratch(m, n), m, n, rmax.data(), rsum.data(), gmax + j0, gsum + j0);
+          const auto range = bounds.tile_range(logits.const_data_ptr<T>(), i0, j0, m * n);
+          online_lse<T>(logits, buf.scratch(m, n), m, n, range, rmax.data(), rsum.data(), gmax + j0, gsum + j0);
         }
         for (int64_t i = 0; i < m; ++i) row_out[i0 + i] = rmax[i] + std::log(rsum[i]);
       }
@@ -359,14 +394,15 @@ std::tuple<Tensor, Tensor, Tensor> clip_block_lse_backward_cpu(Tensor a_in, Tens
     using T = decltype(zero);
     const T *rl = row_lse.const_data_ptr<T>(), *cl = col_lse.const_data_ptr<T>();
     const T *gr = grad_row.const_data_ptr<T>(), *gc = grad_col.const_data_ptr<T>();
+    const TileBounds<T> bounds(a, b, value_of(scale_in));
     // dL = grad_row_i * softmax_row(L)_ij + grad_col_j * softmax_col(L)_ij
     auto fill = [&](const Tensor& logits, const Tensor& scratch, int64_t i0, int64_t m, int64_t j0, int64_t n) {
       T* L = logits.mutable_data_ptr<T>();
       T* W = scratch.mutable_data_ptr<T>();
-      const auto [lo, hi] = min_max(L, m * n);
+      const auto [lo, hi] = bounds.tile_range(L, i0, j0, m * n);
       if (hi - lo <= kOneExpRange<T>) {
         // one exp pass: dL = exp(L - hi) * (u_i + v_j), u_i = grad_row_i exp(hi - row_lse_i), v_j likewise;
-        // hi - row_lse_i <= hi - lo (a row's lse is at least its largest logit in this tile), so no overflow
+        // hi - row_lse_i <= hi - lo (a row's lse is at least its smallest logit in this tile), so no overflow
         std::vector<T> u(m), v(n);
         for (int64_t i = 0; i < m; ++i) u[i] = gr[i0 + i] * std::exp(hi - rl[i0 + i]);
         for (int64_t j = 0; j < n; ++j) v[j] = gc[j0 + j] * std::exp(hi - cl[j0 + j]);
