@@ -6,6 +6,7 @@ z-score, and the robust normalisation's element-wise kernels around torch's orde
 without a GPU; tests/test_preprocess_triton.py has the on-GPU comparison."""
 import ctypes
 import pathlib
+import re
 import shutil
 import subprocess
 
@@ -106,8 +107,9 @@ def test_int16_invalid_runs_flat_and_all_invalid(kernel):
 
 
 def test_many_tiles_and_global_staging(kernel):
-    """32 threads per block (a 480-sample tile) and a tiny shared-memory limit: the row is filtered in
-    several tiles with the state carried between them, staged in the global workspace."""
+    """32 threads per block (a 2,016-sample tile) and a tiny shared-memory limit: the row is filtered in
+    several tiles with the state carried between them (the last one partly past the row's end), staged in
+    the global workspace."""
     x = _signal(3, 1500, seed=3).float()
     x[1, 700:760] = float("nan")
     d = filter_design(500.0)
@@ -117,14 +119,14 @@ def test_many_tiles_and_global_staging(kernel):
 
 
 def test_multi_warp_scan(kernel):
-    """T = 5000 at 500 Hz: 416 threads (13 warps), one tile, as on the benchmark batch."""
+    """T = 5000 at 500 Hz: 96 threads (3 warps), one tile, as on the benchmark batch."""
     x = _signal(2, 5000, seed=4).float()
     _check(*_run(kernel, x, torch.ones(2), torch.zeros(2), filter_design(500.0), 1), torch.float32)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.int16])
 def test_1000hz_ten_seconds(kernel, dtype):
-    """1000 Hz x 10 s: the 0.5 Hz high-pass has poles closest to z = 1 here (800 threads, one tile)."""
+    """1000 Hz x 10 s: the 0.5 Hz high-pass has poles closest to z = 1 here (192 threads, one tile)."""
     fs, gain = 1000.0, torch.tensor([200.0, 1000.0])
     x = _signal(2, 10_000, seed=9, fs=fs)
     x = (x * gain[:, None]).round().to(torch.int16) if dtype == torch.int16 else x.float()
@@ -180,3 +182,27 @@ def test_robust_normalisation_kernels(library, kernel, dtype, t):
                                         ptr(mean), ptr(var), ctypes.c_longlong(n), ctypes.c_longlong(total))
     assert float(mad_lo[2]) == 0.0 and float(out[2].abs().max()) > 0  # the fallback branch ran
     _check(out, flags, ref, ref_flags, dtype)
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_compiles_without_spills(arch, tmp_path):
+    """The real CUDA compile of every preprocessing kernel for the two target architectures: no register
+    spills or stack (the register budget follows max_threads<acc_t>() and chunk<acc_t>())."""
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc not found (the CUDA toolkit): the CUDA kernel is not compiled here")
+    from torch.utils import cpp_extension
+
+    cmd = [nvcc, "-cubin", f"-arch={arch}", "-std=c++17", "-O3", "--use_fast_math", "--resource-usage",
+           "-DTORCH_TARGET_VERSION=0x020a000000000000", f"-I{ROOT / 'csrc'}",
+           *[f"-I{p}" for p in cpp_extension.include_paths()], str(SOURCE), "-o", str(tmp_path / "k.cubin")]
+    report = subprocess.run(cmd, check=True, capture_output=True, text=True).stderr
+    kernels, name = {}, None
+    for line in report.splitlines():
+        entry = re.search(r"Compiling entry function '(\w+)'", line)
+        name = entry.group(1) if entry else name
+        usage = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores", line)
+        if usage and name:
+            kernels[name] = (int(usage.group(1)), int(usage.group(2)))
+    assert sum("preprocess_kernel" in k for k in kernels) == 5 and sum("tables_kernel" in k for k in kernels) == 2
+    assert all(usage == (0, 0) for usage in kernels.values()), report

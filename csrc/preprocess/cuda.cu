@@ -2,19 +2,22 @@
 // docs: convert -> repair -> flat check -> sosfiltfilt (odd extension) -> resample_poly -> normalise).
 //
 // Design (one fused pass over memory: each input sample is read once, each output written once):
-//  * One thread block per lead (row). The odd-extended row (T + 2P samples) is staged in shared memory
-//    when it fits (~55k float32 samples on an H100), otherwise in a global workspace row (L2-resident),
-//    with the identical code path (generic pointers).
+//  * One thread block per lead (row). The padded row (`off` copies of its first extended sample, then the
+//    odd extension: Lp = off + T + 2P samples, a whole number of chunks) is staged in shared memory when it
+//    fits, otherwise in a global workspace row (L2-resident), with the identical code path. The cascade
+//    starts in its steady state for the first extended sample, so the `off` copies leave it there.
 //  * The IIR cascade is a linear time-invariant recurrence, so it parallelises over time as a chunked
-//    scan. Each thread owns kChunk consecutive samples of a tile (blockDim * kChunk samples) in registers
-//    and the cascade is applied section by section (state dimension 2):
-//      pass 1: run the section over the chunk from a zero state -> the chunk's end state g_i;
-//      scan:   true end states h_i = sum_{j<=i} A^{(i-j)L} g_j by a Kogge-Stone scan of 2-vectors with
-//              precomputed transfer matrices A^{kL} (warp shuffles, then one warp over the warp totals);
-//      pass 2: rerun the chunk from the true start state h_{i-1}, writing the outputs in place.
+//    scan. Each thread owns L consecutive samples (chunk<acc_t>(): 63 for float32) of a tile (blockDim * L
+//    samples) in registers, and the cascade is applied section by section (state dimension 2):
+//      pass:       run the section over the chunk from a zero state, in place -> the chunk's end state g_i;
+//      scan:       true end states h_i = sum_{j<=i} A^{(i-j)L} g_j by a Kogge-Stone scan of 2-vectors with
+//                  the transfer matrices A^{kL} (warp shuffles, then one warp over the warp totals);
+//      correction: add the zero-input response to the true start state h_{i-1}: y_k += (A^k h)_0, two
+//                  multiply-adds a sample instead of a second run of the section.
 //    Rows longer than a tile carry each section's state from tile to tile. The backward (reverse-time)
-//    pass is the same scan in reverse thread order. The transfer matrices are computed per block in
-//    float64 (binary powering of the 2x2 companion matrix), so no host sync or extra launch is needed.
+//    pass is the same scan in reverse thread order. The tables (transfer matrices in float64 and in the
+//    compute type, zero-input responses, coefficients) are computed once per call by tables_kernel.
+//    Instructions per sample, counted in the SASS: benches/bench_preprocess_sass.py.
 //  * Invalid-sample repair (rare) uses block max/min scans of the nearest valid index; flat/all-invalid
 //    rows exit early with zeros. Polyphase resampling reads the filtered row from shared memory, and the
 //    z-score uses two block reductions (mean, then centred sum of squares) before the single store.
@@ -47,16 +50,24 @@
 namespace ecgkt {
 namespace {
 
-constexpr int kChunk = 15;           // samples per thread per tile; odd -> conflict-free strided smem access
-// Threads per block at most: 64 registers per thread for float32, 128 for float64 (no spills).
+// Samples per thread per tile (odd: conflict-free strided shared-memory access) and threads per block at most
+// (the register budget, 65536 / threads: 128 registers for float32, 255 for float64, no spills). Long chunks
+// amortise the scan of each section's states over more samples.
 template <typename acc_t>
-constexpr int max_threads() { return sizeof(acc_t) == 8 ? 512 : 1024; }
+__host__ __device__ constexpr int chunk() { return sizeof(acc_t) == 8 ? 31 : 63; }
+template <typename acc_t>
+__host__ __device__ constexpr int max_threads() { return 256; }
 constexpr int kPowers = 32 + 5;      // R_k = A^{kL} for k = 1..32, then Q_d = A^{32L 2^d} for d = 0..4
 constexpr int kCoefs = 8;            // b0 b1 b2 a1 a2 zi0 zi1 (normalised by a0), needs-float64 flag
 constexpr int kNeedsDouble = 7;      // index of that flag
 // |A(1)| = 1 + a1 + a2 below this: poles near z = 1, state in float64 (same rule as the CPU kernel)
 constexpr double kNearUnitCircle = 1e-2;
-constexpr int kTable = kPowers * 4 + kCoefs;
+// Per section, computed once per call (tables_kernel): kDTable doubles (the transfer matrices, then the
+// coefficients) and atable<acc_t>() values of the compute type (the same matrices, then the zero-input
+// response: row 0 of A^k for k = 0..L-1, the correction that replaces a second run of the section).
+constexpr int kDTable = kPowers * 4 + kCoefs;
+template <typename acc_t>
+__host__ __device__ constexpr int atable() { return kPowers * 4 + 2 * chunk<acc_t>(); }
 constexpr double kFlatPtp = spec::kFlatPtp;  // csrc/preprocess/spec.h
 constexpr double kZeroScale = spec::kZeroScale;
 constexpr double kMadToSigma = spec::kMadToSigma;
@@ -66,14 +77,14 @@ struct Params {
   const void* x;
   const float* gain;
   const float* baseline;
-  const double* sos;
-  const double* zi;
+  const double* dtab;  // tables_kernel's output
+  const acc_t* atab;
   const acc_t* fir;
   acc_t* out;
   int32_t* flags;
-  acc_t* work;  // [N, T_ext] global staging when the row does not fit in shared memory, else nullptr
+  acc_t* work;  // [N, Lp] global staging when the row does not fit in shared memory, else nullptr
   int S, K, up, down, half, normalize;
-  int T, P, T_ext, T_out;
+  int T, P, off, Lp, T_out;  // Lp = off + T + 2P: the padded row, a multiple of the chunk when S > 0
 };
 
 // ------------------------------------------------------------------------------------------------
@@ -90,8 +101,8 @@ __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162f
 template <typename in_t>
 struct Input {
   template <typename acc_t>
-  static __device__ __forceinline__ acc_t load(const in_t* x, int i, acc_t base, acc_t gain, bool& bad) {
-    acc_t v = (static_cast<acc_t>(to_float(x[i])) - base) / gain;
+  static __device__ __forceinline__ acc_t load(const in_t* x, int i, acc_t inv_gain, acc_t shift, bool& bad) {
+    acc_t v = fma(static_cast<acc_t>(to_float(x[i])), inv_gain, shift);
     bad = !isfinite(v);
     return v;
   }
@@ -99,8 +110,8 @@ struct Input {
 template <>
 struct Input<double> {
   template <typename acc_t>
-  static __device__ __forceinline__ acc_t load(const double* x, int i, acc_t base, acc_t gain, bool& bad) {
-    acc_t v = (static_cast<acc_t>(x[i]) - base) / gain;
+  static __device__ __forceinline__ acc_t load(const double* x, int i, acc_t inv_gain, acc_t shift, bool& bad) {
+    acc_t v = fma(static_cast<acc_t>(x[i]), inv_gain, shift);
     bad = !isfinite(v);
     return v;
   }
@@ -108,10 +119,10 @@ struct Input<double> {
 template <>
 struct Input<int16_t> {
   template <typename acc_t>
-  static __device__ __forceinline__ acc_t load(const int16_t* x, int i, acc_t base, acc_t gain, bool& bad) {
+  static __device__ __forceinline__ acc_t load(const int16_t* x, int i, acc_t inv_gain, acc_t shift, bool& bad) {
     int16_t raw = x[i];
     bad = raw == INT16_MIN;  // WFDB format-16 "no sample"
-    return (static_cast<acc_t>(raw) - base) / gain;
+    return fma(static_cast<acc_t>(raw), inv_gain, shift);
   }
 };
 
@@ -195,24 +206,24 @@ __device__ Mat2 companion_power(double a1, double a2, long long e) {
   return result;
 }
 
-template <typename c_t>
-__device__ __forceinline__ void mat_vec_add(const double* m, c_t x0, c_t x1, c_t& y0, c_t& y1) {
+template <typename m_t, typename c_t>
+__device__ __forceinline__ void mat_vec_add(const m_t* m, c_t x0, c_t x1, c_t& y0, c_t& y1) {
   y0 += static_cast<c_t>(m[0]) * x0 + static_cast<c_t>(m[1]) * x1;
   y1 += static_cast<c_t>(m[2]) * x0 + static_cast<c_t>(m[3]) * x1;
 }
 
 // Inclusive scan h_i = sum_{j<=i} A^{(i-j)L} g_j over the block in scan order. Returns the inclusive
 // state in (h0, h1) and the previous rank's inclusive state (this chunk's true start) in (e0, e1).
-// `scratch` holds 128 values. c_t: the section's compute type (see filter_section).
-template <typename acc_t>
-__device__ void scan_section_states(const double* table, bool backward, acc_t& h0, acc_t& h1, acc_t& e0, acc_t& e1,
-                                    double* scratch) {
-  const int rank = scan_rank(backward), lane = rank & 31, warp = rank >> 5, nwarps = blockDim.x >> 5;
+// `powers`: the section's transfer matrices in c_t, the section's compute type; `scratch` holds 128 c_t.
+template <bool kBackward, typename c_t>
+__device__ __forceinline__ void scan_section_states(const c_t* powers, c_t& h0, c_t& h1, c_t& e0, c_t& e1,
+                                                    c_t* scratch) {
+  const int rank = scan_rank(kBackward), lane = rank & 31, warp = rank >> 5, nwarps = blockDim.x >> 5;
 #pragma unroll
   for (int d = 0; d < 5; ++d) {
     const int o = 1 << d;
-    acc_t p0 = shfl_prev(h0, o, backward), p1 = shfl_prev(h1, o, backward);
-    if (lane >= o) mat_vec_add(table + (o - 1) * 4, p0, p1, h0, h1);  // R_o = A^{oL}
+    c_t p0 = shfl_prev(h0, o, kBackward), p1 = shfl_prev(h1, o, kBackward);
+    if (lane >= o) mat_vec_add(powers + (o - 1) * 4, p0, p1, h0, h1);  // R_o = A^{oL}
   }
   __syncthreads();  // scratch reuse
   if (lane == 31) {
@@ -222,13 +233,13 @@ __device__ void scan_section_states(const double* table, bool backward, acc_t& h
   __syncthreads();
   if (threadIdx.x < 32) {  // one warp scans the warp totals (lane = warp rank)
     const int w = threadIdx.x;
-    acc_t t0 = w < nwarps ? static_cast<acc_t>(scratch[2 * w]) : acc_t(0);
-    acc_t t1 = w < nwarps ? static_cast<acc_t>(scratch[2 * w + 1]) : acc_t(0);
+    c_t t0 = w < nwarps ? scratch[2 * w] : c_t(0);
+    c_t t1 = w < nwarps ? scratch[2 * w + 1] : c_t(0);
 #pragma unroll
     for (int d = 0; d < 5; ++d) {
       const int o = 1 << d;
-      acc_t p0 = __shfl_up_sync(0xffffffffu, t0, o), p1 = __shfl_up_sync(0xffffffffu, t1, o);
-      if (w >= o) mat_vec_add(table + (32 + d) * 4, p0, p1, t0, t1);  // Q_d = A^{32L 2^d}
+      c_t p0 = __shfl_up_sync(0xffffffffu, t0, o), p1 = __shfl_up_sync(0xffffffffu, t1, o);
+      if (w >= o) mat_vec_add(powers + (32 + d) * 4, p0, p1, t0, t1);  // Q_d = A^{32L 2^d}
     }
     if (w < nwarps) {
       scratch[64 + 2 * w] = t0;
@@ -236,112 +247,205 @@ __device__ void scan_section_states(const double* table, bool backward, acc_t& h
     }
   }
   __syncthreads();
-  acc_t w0 = 0, w1 = 0;  // true state at the end of the previous warp's last chunk
+  c_t w0 = 0, w1 = 0;  // true state at the end of the previous warp's last chunk
   if (warp > 0) {
-    w0 = static_cast<acc_t>(scratch[64 + 2 * (warp - 1)]);
-    w1 = static_cast<acc_t>(scratch[64 + 2 * (warp - 1) + 1]);
+    w0 = scratch[64 + 2 * (warp - 1)];
+    w1 = scratch[64 + 2 * (warp - 1) + 1];
   }
-  mat_vec_add(table + lane * 4, w0, w1, h0, h1);  // R_{lane+1}: lane+1 chunks from there to here
-  acc_t p0 = shfl_prev(h0, 1, backward), p1 = shfl_prev(h1, 1, backward);
+  mat_vec_add(powers + lane * 4, w0, w1, h0, h1);  // R_{lane+1}: lane+1 chunks from there to here
+  c_t p0 = shfl_prev(h0, 1, kBackward), p1 = shfl_prev(h1, 1, kBackward);
   e0 = lane == 0 ? w0 : p0;
   e1 = lane == 0 ? w1 : p1;
 }
 
-// One transposed direct-form II step.
-template <typename acc_t>
-__device__ __forceinline__ acc_t biquad_step(acc_t x, acc_t& z0, acc_t& z1, acc_t b0, acc_t b1, acc_t b2, acc_t a1,
-                                             acc_t a2) {
-  acc_t y = b0 * x + z0;
-  z0 = b1 * x - a1 * y + z1;
-  z1 = b2 * x - a2 * y;
+// One transposed direct-form II step: five multiply-adds (written as fma: the compiler would otherwise
+// round b1 x - a1 y separately).
+template <typename c_t>
+__device__ __forceinline__ c_t biquad_step(c_t x, c_t& z0, c_t& z1, c_t b0, c_t b1, c_t b2, c_t a1, c_t a2) {
+  const c_t y = fma(b0, x, z0);
+  z0 = fma(b1, x, fma(-a1, y, z1));
+  z1 = fma(b2, x, -a2 * y);
   return y;
 }
 
-// One section over one tile in compute type c_t (samples r[] stay acc_t): pass 1 from a zero state, the
-// scan of chunk end states, pass 2 from the true start states, writing in place.
-template <typename c_t, typename acc_t>
-__device__ __forceinline__ void filter_section(acc_t (&r)[kChunk], int base, int limit, bool backward, bool is_origin,
-                                               bool last_rank, const double* table, double* carry,
-                                               double* scratch) {
-  const double* c = table + kPowers * 4;
-  const c_t b0 = static_cast<c_t>(c[0]), b1 = static_cast<c_t>(c[1]), b2 = static_cast<c_t>(c[2]);
-  const c_t a1 = static_cast<c_t>(c[3]), a2 = static_cast<c_t>(c[4]);
-  c_t init0 = 0, init1 = 0;
+// One section over one tile, in place, in compute type c_t (the samples r[] stay acc_t). The section is
+// linear, so its output from the true start state e is the output from a zero state plus the zero-input
+// response to e: one run from a zero state (the origin starts from the true initial state), the scan of the
+// chunk end states, then r[k] += C_k . e with C_k = row 0 of A^k, two multiply-adds a sample. Samples are
+// processed in scan order: ascending forward, descending backward.
+template <typename c_t, bool kBackward, typename acc_t, int L>
+__device__ __forceinline__ void filter_section(acc_t (&r)[L], bool is_origin, bool last_rank, const double* coefs,
+                                               const c_t* powers, const acc_t* response, double* carry,
+                                               c_t* scratch) {
+  const c_t b0 = static_cast<c_t>(coefs[0]), b1 = static_cast<c_t>(coefs[1]), b2 = static_cast<c_t>(coefs[2]);
+  const c_t a1 = static_cast<c_t>(coefs[3]), a2 = static_cast<c_t>(coefs[4]);
+  c_t z0 = 0, z1 = 0;
   if (is_origin) {
-    init0 = static_cast<c_t>(carry[0]);
-    init1 = static_cast<c_t>(carry[1]);
+    z0 = static_cast<c_t>(carry[0]);
+    z1 = static_cast<c_t>(carry[1]);
   }
-  // pass 1: zero-state run (the origin starts from the true initial state)
-  c_t z0 = init0, z1 = init1;
-  if (!backward) {
 #pragma unroll
-    for (int k = 0; k < kChunk; ++k)
-      if (base + k < limit) biquad_step(static_cast<c_t>(r[k]), z0, z1, b0, b1, b2, a1, a2);
-  } else {
-#pragma unroll
-    for (int k = kChunk - 1; k >= 0; --k)
-      if (base + k < limit) biquad_step(static_cast<c_t>(r[k]), z0, z1, b0, b1, b2, a1, a2);
+  for (int j = 0; j < L; ++j) {
+    const int k = kBackward ? L - 1 - j : j;
+    r[k] = static_cast<acc_t>(biquad_step(static_cast<c_t>(r[k]), z0, z1, b0, b1, b2, a1, a2));
   }
   c_t e0, e1;
-  scan_section_states(table, backward, z0, z1, e0, e1, scratch);
+  scan_section_states<kBackward>(powers, z0, z1, e0, e1, scratch);
   if (last_rank) {  // the origin read its carry before the scan's barriers
     carry[0] = z0;
     carry[1] = z1;
   }
-  // pass 2: rerun from the true start state, writing the section's output in place
-  z0 = is_origin ? init0 : e0;
-  z1 = is_origin ? init1 : e1;
-  if (!backward) {
+  // the origin's e is 0: it is rank 0, or the ranks before it hold zeros (beyond the row's end)
+  const acc_t f0 = static_cast<acc_t>(e0), f1 = static_cast<acc_t>(e1);
 #pragma unroll
-    for (int k = 0; k < kChunk; ++k)
-      if (base + k < limit) r[k] = static_cast<acc_t>(biquad_step(static_cast<c_t>(r[k]), z0, z1, b0, b1, b2, a1, a2));
-  } else {
-#pragma unroll
-    for (int k = kChunk - 1; k >= 0; --k)
-      if (base + k < limit) r[k] = static_cast<acc_t>(biquad_step(static_cast<c_t>(r[k]), z0, z1, b0, b1, b2, a1, a2));
+  for (int j = 0; j < L; ++j) {
+    const int k = kBackward ? L - 1 - j : j;
+    r[k] = fma(response[2 * j], f0, fma(response[2 * j + 1], f1, r[k]));
   }
 }
 
 // Filters one tile (held in registers, r[k] = buf[base + k]) through the whole cascade in one direction.
 // `carry` holds each section's state entering this tile (zi * first input for the first tile) and is
-// updated to the state leaving it. `limit` is T_ext: samples at or beyond it are skipped. Sections flagged
-// near z = 1 (the high-pass) run their state in float64 even for float32 data, as the CPU kernel does:
-// in float32 their state round-off is amplified by ~1/(1 - |p|)^1.5 (3-7e-3 of the peak at 1000 Hz).
-template <typename acc_t>
-__device__ __forceinline__ void filter_tile(acc_t (&r)[kChunk], int base, int limit, bool backward, int origin, int S,
-                                            const double* tables, double* carry, double* scratch) {
+// updated to the state leaving it. Every chunk is whole (the row is padded to a multiple of L). Sections
+// flagged near z = 1 (the high-pass) run their state in float64 even for float32 data, as the CPU kernel
+// does: in float32 their state round-off is amplified by ~1/(1 - |p|)^1.5 (3-7e-3 of the peak at 1000 Hz).
+template <bool kBackward, typename acc_t, int L>
+__device__ __forceinline__ void filter_tile(acc_t (&r)[L], int origin, int S, const double* dtab, const acc_t* atab,
+                                            double* carry, double* scratch) {
   const bool is_origin = static_cast<int>(threadIdx.x) == origin;
-  const bool last_rank = scan_rank(backward) == static_cast<int>(blockDim.x) - 1;
+  const bool last_rank = scan_rank(kBackward) == static_cast<int>(blockDim.x) - 1;
   __syncthreads();  // the previous tile's carry writes (with one section there is no barrier in between)
   for (int s = 0; s < S; ++s) {
-    const double* table = tables + s * kTable;
-    if (sizeof(acc_t) == 8 || table[kPowers * 4 + kNeedsDouble] != 0.0)
-      filter_section<double>(r, base, limit, backward, is_origin, last_rank, table, carry + 2 * s, scratch);
-    else
-      filter_section<acc_t>(r, base, limit, backward, is_origin, last_rank, table, carry + 2 * s, scratch);
+    const double* d = dtab + s * kDTable;
+    const acc_t* a = atab + s * atable<acc_t>();
+    const double* coefs = d + kPowers * 4;
+    const acc_t* response = a + kPowers * 4;
+    if constexpr (sizeof(acc_t) == 8) {
+      filter_section<double, kBackward>(r, is_origin, last_rank, coefs, d, response, carry + 2 * s, scratch);
+    } else {
+      if (coefs[kNeedsDouble] != 0.0)
+        filter_section<double, kBackward>(r, is_origin, last_rank, coefs, d, response, carry + 2 * s, scratch);
+      else
+        filter_section<acc_t, kBackward>(r, is_origin, last_rank, coefs, a, response, carry + 2 * s,
+                                         reinterpret_cast<acc_t*>(scratch));
+    }
   }
 }
 
-template <typename acc_t>
-__device__ __forceinline__ void load_chunk(acc_t (&r)[kChunk], const acc_t* buf, int base, int limit) {
+// A chunk is wholly inside the padded row (a whole number of chunks) or wholly past its end (zeros).
+template <typename acc_t, int L>
+__device__ __forceinline__ void load_chunk(acc_t (&r)[L], const acc_t* buf, int base, int limit) {
+  if (base < limit) {
 #pragma unroll
-  for (int k = 0; k < kChunk; ++k) r[k] = base + k < limit ? buf[base + k] : acc_t(0);
+    for (int k = 0; k < L; ++k) r[k] = buf[base + k];
+  } else {
+#pragma unroll
+    for (int k = 0; k < L; ++k) r[k] = 0;
+  }
 }
-template <typename acc_t>
-__device__ __forceinline__ void store_chunk(const acc_t (&r)[kChunk], acc_t* buf, int base, int limit) {
+template <typename acc_t, int L>
+__device__ __forceinline__ void store_chunk(const acc_t (&r)[L], acc_t* buf, int base, int limit) {
+  if (base < limit) {
 #pragma unroll
-  for (int k = 0; k < kChunk; ++k)
-    if (base + k < limit) buf[base + k] = r[k];
+    for (int k = 0; k < L; ++k) buf[base + k] = r[k];
+  }
 }
 
 // Sets each section's carry to zi * x0 (the steady state for a step of height x0).
-template <typename acc_t>
-__device__ void init_carry(const double* tables, int S, acc_t x0, double* carry) {
+__device__ void init_carry(const double* dtab, int S, double x0, double* carry) {
   for (int s = threadIdx.x; s < S; s += blockDim.x) {
-    const double* c = tables + s * kTable + kPowers * 4;
+    const double* c = dtab + s * kDTable + kPowers * 4;
     carry[2 * s] = c[5] * x0;
     carry[2 * s + 1] = c[6] * x0;
   }
+}
+
+// The tables of each section, once per call (one block per section): the transfer matrices over 1..32 chunks
+// and 32 * 2^d chunks, the zero-input response over one chunk, and the normalised coefficients.
+template <typename acc_t>
+__global__ void tables_kernel(const double* sos, const double* zi, double* dtab, acc_t* atab) {
+  constexpr int L = chunk<acc_t>();
+  const int s = blockIdx.x;
+  const double* sec = sos + 6 * s;
+  const double a1 = sec[4] / sec[3], a2 = sec[5] / sec[3];
+  double* d = dtab + s * kDTable;
+  acc_t* a = atab + s * atable<acc_t>();
+  for (int j = threadIdx.x; j < kPowers + L; j += blockDim.x) {
+    if (j < kPowers) {
+      const long long e = j < 32 ? static_cast<long long>(j + 1) * L : (32LL * L) << (j - 32);
+      const Mat2 m = companion_power(a1, a2, e);
+      const double v[4] = {m.a, m.b, m.c, m.d};
+      for (int q = 0; q < 4; ++q) {
+        d[4 * j + q] = v[q];
+        a[4 * j + q] = static_cast<acc_t>(v[q]);
+      }
+    } else {
+      const int k = j - kPowers;
+      const Mat2 m = companion_power(a1, a2, k);  // y_k = (A^k z)_0 for a start state z and zero input
+      a[kPowers * 4 + 2 * k] = static_cast<acc_t>(m.a);
+      a[kPowers * 4 + 2 * k + 1] = static_cast<acc_t>(m.b);
+    }
+  }
+  if (threadIdx.x == 0) {
+    double* c = d + kPowers * 4;
+    for (int q = 0; q < 3; ++q) c[q] = sec[q] / sec[3];
+    c[3] = a1;
+    c[4] = a2;
+    c[5] = zi[2 * s];
+    c[6] = zi[2 * s + 1];
+    c[kNeedsDouble] = 1.0 + a1 + a2 < kNearUnitCircle ? 1.0 : 0.0;
+  }
+}
+
+// The per-sample loops outside the filter (benches/bench_preprocess_sass.py counts their bodies).
+// f(i) for i = threadIdx.x, + blockDim.x, ... < n; four at a time without bounds checks in between, so the
+// loop's own instructions are spread over four samples.
+template <typename F>
+__device__ __forceinline__ void block_strided(int n, F f) {
+  const int step = blockDim.x;
+  int i = threadIdx.x;
+  for (; i + 3 * step < n; i += 4 * step) {
+    f(i);
+    f(i + step);
+    f(i + 2 * step);
+    f(i + 3 * step);
+  }
+  for (; i < n; i += step) f(i);
+}
+// Converts a row into y as x * inv_gain + shift; invalid samples become NaN, counted; lo/hi: the range of the
+// valid ones (fmin/fmax ignore the NaNs).
+template <typename in_t, typename acc_t>
+__device__ __forceinline__ void convert_row(const in_t* x, int T, acc_t inv_gain, acc_t shift, acc_t* y, int& n_bad,
+                                            acc_t& lo, acc_t& hi) {
+  block_strided(T, [&](int t) {
+    bool bad;
+    const acc_t v = Input<in_t>::load(x, t, inv_gain, shift, bad);
+    n_bad += bad;
+    const acc_t w = bad ? acc_t(NAN) : v;
+    lo = fmin(lo, w);
+    hi = fmax(hi, w);
+    y[t] = w;
+  });
+}
+template <typename acc_t>
+__device__ __forceinline__ acc_t row_sum(const acc_t* y, int n) {
+  acc_t sum = 0;
+  block_strided(n, [&](int i) { sum += y[i]; });
+  return sum;
+}
+template <typename acc_t>
+__device__ __forceinline__ acc_t row_centred_squares(const acc_t* y, int n, acc_t mean) {
+  acc_t ss = 0;
+  block_strided(n, [&](int i) {
+    const acc_t d = y[i] - mean;
+    ss = fma(d, d, ss);
+  });
+  return ss;
+}
+// out = y * scale + shift (shift = -mean * scale)
+template <typename acc_t>
+__device__ __forceinline__ void store_normalised(const acc_t* y, int n, acc_t scale, acc_t shift, acc_t* out) {
+  block_strided(n, [&](int i) { out[i] = fma(y[i], scale, shift); });
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -349,68 +453,42 @@ __device__ void init_carry(const double* tables, int S, acc_t x0, double* carry)
 // ------------------------------------------------------------------------------------------------
 template <typename in_t, typename acc_t>
 __global__ void __launch_bounds__(max_threads<acc_t>()) preprocess_kernel(Params<acc_t> p) {
+  constexpr int L = chunk<acc_t>();
   ECGKT_DYNAMIC_SHARED(smem_raw);
   const int S = p.S;
-  double* tables = reinterpret_cast<double*>(smem_raw);  // S * kTable (float64: see filter_tile)
-  double* carry = tables + S * kTable;                    // 2S
+  double* dtab = reinterpret_cast<double*>(smem_raw);     // S * kDTable
+  double* carry = dtab + S * kDTable;                     // 2S
   double* scan_scratch = carry + 2 * S;                   // 128
-  acc_t* red = reinterpret_cast<acc_t*>(scan_scratch + 128);  // 32
-  acc_t* bcast = red + 32;                              // 8
-  int* ired = reinterpret_cast<int*>(bcast + 8);        // 32
+  acc_t* atab = reinterpret_cast<acc_t*>(scan_scratch + 128);  // S * atable
+  acc_t* red = atab + S * atable<acc_t>();                // 32
+  acc_t* bcast = red + 32;                                // 8
+  int* ired = reinterpret_cast<int*>(bcast + 8);          // 32
   const int64_t row = blockIdx.x;
   const int tid = threadIdx.x, nthreads = blockDim.x;
-  const int T = p.T, P = p.P, T_ext = p.T_ext, T_out = p.T_out;
-  acc_t* buf;   // the odd-extended row, T_ext samples
+  const int T = p.T, P = p.P, Lp = p.Lp, T_out = p.T_out;
+  acc_t* buf;   // the padded row: `off` copies of its first extended sample, then the odd extension; Lp samples
   acc_t* obuf;  // the resampled row, T_out samples
   if (p.work == nullptr) {
     buf = reinterpret_cast<acc_t*>(ired + 32);
-    obuf = buf + T_ext;
+    obuf = buf + Lp;
   } else {
-    buf = p.work + row * T_ext;
+    buf = p.work + row * Lp;
     obuf = p.out + row * T_out;
   }
+  acc_t* y = buf + p.off + P;  // the row itself, T samples
   acc_t* out = p.out + row * T_out;
 
-  // transfer matrices and coefficients of each section, in float64
-  for (int i = tid; i < S * kPowers; i += nthreads) {
-    const int s = i / kPowers, j = i % kPowers;
-    const double* sec = p.sos + 6 * s;
-    const long long e = j < 32 ? static_cast<long long>(j + 1) * kChunk : (32LL * kChunk) << (j - 32);
-    Mat2 m = companion_power(sec[4] / sec[3], sec[5] / sec[3], e);
-    double* dst = tables + s * kTable + j * 4;
-    dst[0] = m.a;
-    dst[1] = m.b;
-    dst[2] = m.c;
-    dst[3] = m.d;
-  }
-  for (int s = tid; s < S; s += nthreads) {
-    const double* sec = p.sos + 6 * s;
-    double* c = tables + s * kTable + kPowers * 4;
-    for (int q = 0; q < 3; ++q) c[q] = sec[q] / sec[3];
-    c[3] = sec[4] / sec[3];
-    c[4] = sec[5] / sec[3];
-    c[5] = p.zi[2 * s];
-    c[6] = p.zi[2 * s + 1];
-    c[kNeedsDouble] = 1.0 + c[3] + c[4] < kNearUnitCircle ? 1.0 : 0.0;
-  }
+  // the tables of tables_kernel, into shared memory
+  for (int i = tid; i < S * kDTable; i += nthreads) dtab[i] = p.dtab[i];
+  for (int i = tid; i < S * atable<acc_t>(); i += nthreads) atab[i] = p.atab[i];
 
-  // 1. convert into buf[P + t]; invalid samples become NaN; count them and the range of valid values
+  // 1. convert into y[t]; invalid samples become NaN; count them and the range of valid values
   const in_t* x = static_cast<const in_t*>(p.x) + row * T;
-  const acc_t gain = static_cast<acc_t>(p.gain[row]), base = static_cast<acc_t>(p.baseline[row]);
+  const acc_t inv_gain = acc_t(1) / static_cast<acc_t>(p.gain[row]);
+  const acc_t shift = -static_cast<acc_t>(p.baseline[row]) * inv_gain;  // (x - baseline) / gain
   int n_bad = 0;
   acc_t lo = INFINITY, hi = -INFINITY;
-  for (int t = tid; t < T; t += nthreads) {
-    bool bad;
-    acc_t v = Input<in_t>::load(x, t, base, gain, bad);
-    if (bad) {
-      ++n_bad;
-      v = NAN;
-    } else {
-      lo = v < lo ? v : lo;
-      hi = v > hi ? v : hi;
-    }
-    buf[P + t] = v;
-  }
+  convert_row<in_t>(x, T, inv_gain, shift, y, n_bad, lo, hi);
   n_bad = block_all_reduce(n_bad, Sum(), 0, ired);
   lo = block_all_reduce(lo, Min(), acc_t(INFINITY), red);
   hi = block_all_reduce(hi, Max(), acc_t(-INFINITY), red);
@@ -426,7 +504,7 @@ __global__ void __launch_bounds__(max_threads<acc_t>()) preprocess_kernel(Params
     const int seg = (T + nthreads - 1) / nthreads, t0 = min(T, tid * seg), t1 = min(T, t0 + seg);
     int last_valid = -1, first_valid = T;
     for (int t = t0; t < t1; ++t)
-      if (!isnan(buf[P + t])) {
+      if (!isnan(y[t])) {
         last_valid = t;
         if (first_valid == T) first_valid = t;
       }
@@ -434,75 +512,73 @@ __global__ void __launch_bounds__(max_threads<acc_t>()) preprocess_kernel(Params
     int after = block_exclusive_scan(first_valid, Min(), T, true, ired);
     int next = -1;  // next valid index for the current invalid run
     for (int t = t0; t < t1; ++t) {
-      acc_t v = buf[P + t];
+      acc_t v = y[t];
       if (!isnan(v)) {
         prev = t;
         continue;
       }
       if (next <= t) {
         next = t + 1;
-        while (next < t1 && isnan(buf[P + next])) ++next;
+        while (next < t1 && isnan(y[next])) ++next;
         if (next == t1) next = after;
       }
       acc_t filled;
       if (prev < 0) {
-        filled = buf[P + next];
+        filled = y[next];
       } else if (next >= T) {
-        filled = buf[P + prev];
+        filled = y[prev];
       } else {
-        acc_t vp = buf[P + prev], vn = buf[P + next];
+        acc_t vp = y[prev], vn = y[next];
         filled = vp + (vn - vp) * static_cast<acc_t>(t - prev) / static_cast<acc_t>(next - prev);
       }
-      buf[P + t] = filled;  // only invalid samples are written: no other thread reads them
+      y[t] = filled;  // only invalid samples are written: no other thread reads them
     }
   }
   __syncthreads();
 
-  // 3. zero-phase filter: odd extension, forward cascade, backward cascade
+  // 3. zero-phase filter: odd extension, forward cascade, backward cascade. The `off` samples before the
+  // extension repeat its first value: the cascade starts in its steady state for that value and stays there,
+  // and the padded row is a whole number of chunks, so the filter needs no bounds checks.
   if (S > 0) {
-    const acc_t v0 = buf[P], vl = buf[P + T - 1];
+    const acc_t v0 = y[0], vl = y[T - 1];
     for (int j = tid; j < P; j += nthreads) {
-      buf[P - 1 - j] = 2 * v0 - buf[P + 1 + j];
-      buf[P + T + j] = 2 * vl - buf[P + T - 2 - j];
+      y[-1 - j] = 2 * v0 - y[1 + j];
+      y[T + j] = 2 * vl - y[T - 2 - j];
     }
+    const acc_t first = P > 0 ? 2 * v0 - y[P] : v0;
+    for (int j = tid; j < p.off; j += nthreads) buf[j] = first;
+    init_carry(dtab, S, first, carry);
     __syncthreads();
-    const int tile = nthreads * kChunk, n_tiles = (T_ext + tile - 1) / tile;
-    acc_t r[kChunk];
-    init_carry(tables, S, buf[0], carry);
-    __syncthreads();
+    const int tile = nthreads * L, n_tiles = (Lp + tile - 1) / tile, base = tid * L;
+    acc_t r[L];
     for (int i = 0; i < n_tiles; ++i) {
-      const int start = i * tile, chunk_base = start + tid * kChunk;
-      load_chunk(r, buf, chunk_base, T_ext);
-      filter_tile(r, chunk_base, T_ext, false, 0, S, tables, carry, scan_scratch);
-      if (n_tiles > 1) store_chunk(r, buf, chunk_base, T_ext);
+      load_chunk(r, buf, i * tile + base, Lp);
+      filter_tile<false>(r, 0, S, dtab, atab, carry, scan_scratch);
+      if (n_tiles > 1) store_chunk(r, buf, i * tile + base, Lp);
     }
-    __syncthreads();
     // the backward pass starts from zi * (last forward output)
     if (n_tiles == 1) {
-      const int owner = (T_ext - 1) / kChunk;
-      if (tid == owner) {
+      if (base + L == Lp) bcast[0] = r[L - 1];
+      // threads past the row's end: zeros, so that they add nothing to the backward scan
+      if (base >= Lp) {
 #pragma unroll
-        for (int k = 0; k < kChunk; ++k)
-          if (owner * kChunk + k == T_ext - 1) bcast[0] = r[k];
+        for (int k = 0; k < L; ++k) r[k] = 0;
       }
-    } else if (tid == 0) {
-      bcast[0] = buf[T_ext - 1];
     }
     __syncthreads();
-    init_carry(tables, S, bcast[0], carry);
+    if (n_tiles > 1 && tid == 0) bcast[0] = buf[Lp - 1];
     __syncthreads();
+    init_carry(dtab, S, bcast[0], carry);
     for (int i = n_tiles - 1; i >= 0; --i) {
-      const int start = i * tile, chunk_base = start + tid * kChunk;
-      const int origin = (min(start + tile, T_ext) - 1 - start) / kChunk;
-      if (n_tiles > 1) load_chunk(r, buf, chunk_base, T_ext);
-      filter_tile(r, chunk_base, T_ext, true, origin, S, tables, carry, scan_scratch);
-      store_chunk(r, buf, chunk_base, T_ext);
+      const int start = i * tile, origin = (min(start + tile, Lp) - start) / L - 1;
+      if (n_tiles > 1) load_chunk(r, buf, start + base, Lp);
+      filter_tile<true>(r, origin, S, dtab, atab, carry, scan_scratch);
+      store_chunk(r, buf, start + base, Lp);
     }
     __syncthreads();
   }
 
   // 4. resample (polyphase, zero outside the row) into obuf; sum for the mean
-  const acc_t* y = buf + P;
   const bool resample = p.up != 1 || p.down != 1;
   acc_t sum = 0;
   if (resample) {
@@ -519,7 +595,7 @@ __global__ void __launch_bounds__(max_threads<acc_t>()) preprocess_kernel(Params
       sum += acc;
     }
   } else {
-    for (int n = tid; n < T_out; n += nthreads) sum += y[n];
+    sum = row_sum(y, T_out);
   }
   const acc_t* res = resample ? obuf : y;
 
@@ -527,11 +603,7 @@ __global__ void __launch_bounds__(max_threads<acc_t>()) preprocess_kernel(Params
   acc_t mean = 0, scale = 1;
   if (p.normalize == 1) {
     mean = block_all_reduce(sum, Sum(), acc_t(0), red) / static_cast<acc_t>(T_out);
-    acc_t ss = 0;
-    for (int n = tid; n < T_out; n += nthreads) {
-      acc_t d = res[n] - mean;
-      ss += d * d;
-    }
+    const acc_t ss = row_centred_squares(res, T_out, mean);
     const acc_t stdev = sqrt(block_all_reduce(ss, Sum(), acc_t(0), red) / static_cast<acc_t>(T_out));
     if (!(stdev > static_cast<acc_t>(kZeroScale))) {
       for (int n = tid; n < T_out; n += nthreads) out[n] = 0;
@@ -540,9 +612,63 @@ __global__ void __launch_bounds__(max_threads<acc_t>()) preprocess_kernel(Params
     }
     scale = acc_t(1) / stdev;
   }
-  for (int n = tid; n < T_out; n += nthreads) out[n] = (res[n] - mean) * scale;
+  store_normalised(res, T_out, scale, -mean * scale, out);
   if (tid == 0) p.flags[row] = flags;
 }
+
+#ifdef ECGKT_SASS_PROBES
+// Pieces of preprocess_kernel<int16_t, float> on their own, for benches/bench_preprocess_sass.py to count in
+// the compiled SASS (built only there, with -DECGKT_SASS_PROBES), the row in shared memory as in the kernel.
+// sass_probe_tile<kPiece, kBackward>: one chunk per thread, loaded and stored as the kernel does (kPiece 0),
+// with one float32 section (1) or one float64-state section (2) in between; the other probes hold one loop.
+template <int kPiece, bool kBackward>
+__global__ void __launch_bounds__(max_threads<float>()) sass_probe_tile(int Lp, int origin) {
+  constexpr int L = chunk<float>();
+  ECGKT_DYNAMIC_SHARED(smem_raw);
+  double* dtab = reinterpret_cast<double*>(smem_raw);
+  double* carry = dtab + kDTable;
+  double* scratch = carry + 2;
+  float* atab = reinterpret_cast<float*>(scratch + 128);
+  float* buf = atab + atable<float>();
+  const bool is_origin = static_cast<int>(threadIdx.x) == origin;
+  const bool last_rank = scan_rank(kBackward) == static_cast<int>(blockDim.x) - 1;
+  float r[L];
+  const int base = threadIdx.x * L;
+  load_chunk(r, buf, base, Lp);
+  if constexpr (kPiece == 1)
+    filter_section<float, kBackward>(r, is_origin, last_rank, dtab + kPowers * 4, atab, atab + kPowers * 4, carry,
+                                     reinterpret_cast<float*>(scratch));
+  if constexpr (kPiece == 2)
+    filter_section<double, kBackward>(r, is_origin, last_rank, dtab + kPowers * 4, dtab, atab + kPowers * 4, carry,
+                                      scratch);
+  store_chunk(r, buf, base, Lp);
+}
+__global__ void sass_probe_convert(const int16_t* x, int T, float inv_gain, float shift, int* counts, float* range) {
+  ECGKT_DYNAMIC_SHARED(smem_raw);
+  int n_bad = 0;
+  float lo = INFINITY, hi = -INFINITY;
+  convert_row<int16_t>(x, T, inv_gain, shift, reinterpret_cast<float*>(smem_raw), n_bad, lo, hi);
+  counts[threadIdx.x] = n_bad;
+  range[threadIdx.x] = hi - lo;
+}
+__global__ void sass_probe_sum(int n, float* out) {
+  ECGKT_DYNAMIC_SHARED(smem_raw);
+  out[threadIdx.x] = row_sum(reinterpret_cast<const float*>(smem_raw), n);
+}
+__global__ void sass_probe_squares(int n, float mean, float* out) {
+  ECGKT_DYNAMIC_SHARED(smem_raw);
+  out[threadIdx.x] = row_centred_squares(reinterpret_cast<const float*>(smem_raw), n, mean);
+}
+__global__ void sass_probe_store(int n, float scale, float shift, float* out) {
+  ECGKT_DYNAMIC_SHARED(smem_raw);
+  store_normalised(reinterpret_cast<const float*>(smem_raw), n, scale, shift, out);
+}
+template __global__ void sass_probe_tile<0, false>(int, int);
+template __global__ void sass_probe_tile<1, false>(int, int);
+template __global__ void sass_probe_tile<1, true>(int, int);
+template __global__ void sass_probe_tile<2, false>(int, int);
+template __global__ void sass_probe_tile<2, true>(int, int);
+#endif  // ECGKT_SASS_PROBES
 
 // ------------------------------------------------------------------------------------------------
 // host side
@@ -553,29 +679,42 @@ struct LaunchConfig {
   bool global_staging;  // the row lives in a global workspace instead of shared memory
 };
 
-// Enough threads for one tile to cover the extended row (tile = threads * kChunk), at most thread_cap
+// The padded row of one launch: P samples of odd extension on each side, then `off` more at the start so
+// that Lp = off + T + 2P is a whole number of chunks (no padding without a filter).
+struct RowLayout {
+  int P, off, Lp, T_out;
+};
+template <typename acc_t>
+RowLayout row_layout(int S, int T, int padlen, int up, int down) {
+  const int P = S > 0 ? std::min(padlen, T - 1) : 0, T_ext = T + 2 * P, L = chunk<acc_t>();
+  const int off = S > 0 ? (L - T_ext % L) % L : 0;
+  return {P, off, T_ext + off, static_cast<int>((static_cast<long long>(T) * up + down - 1) / down)};
+}
+
+// Enough threads for one tile to cover the padded row (tile = threads * chunk), at most thread_cap
 // (a multiple of 32); the row and the resampled row in shared memory when they fit in smem_limit.
 template <typename acc_t>
-LaunchConfig launch_config(int S, int T_ext, int T_out, bool resample, long long smem_limit, int thread_cap) {
-  const int needed = (T_ext + kChunk - 1) / kChunk;
+LaunchConfig launch_config(int S, const RowLayout& row, bool resample, long long smem_limit, int thread_cap) {
+  const int needed = (row.Lp + chunk<acc_t>() - 1) / chunk<acc_t>();
   const int threads = std::min(thread_cap, std::max(32, (needed + 31) / 32 * 32));
-  const size_t fixed = sizeof(double) * (S * kTable + 2 * S + 128) + sizeof(acc_t) * (32 + 8) + sizeof(int) * 32;
-  const size_t rows = sizeof(acc_t) * (static_cast<size_t>(T_ext) + (resample ? T_out : 0));
+  const size_t fixed = sizeof(double) * (S * kDTable + 2 * S + 128) +
+                       sizeof(acc_t) * (S * atable<acc_t>() + 32 + 8) + sizeof(int) * 32;
+  const size_t rows = sizeof(acc_t) * (static_cast<size_t>(row.Lp) + (resample ? row.T_out : 0));
   if (static_cast<long long>(fixed + rows) <= smem_limit) return {threads, fixed + rows, false};
   return {threads, fixed, true};
 }
 
 template <typename acc_t>
-Params<acc_t> make_params(const void* x, const float* gain, const float* baseline, const double* sos,
-                          const double* zi, int S, const acc_t* fir, int K, int up, int down, int normalize,
-                          int T, int P, int T_out, acc_t* out, int32_t* flags, acc_t* work) {
+Params<acc_t> make_params(const void* x, const float* gain, const float* baseline, const double* dtab,
+                          const acc_t* atab, int S, const acc_t* fir, int K, int up, int down, int normalize,
+                          int T, const RowLayout& row, acc_t* out, int32_t* flags, acc_t* work) {
   const bool resample = up != 1 || down != 1;
   Params<acc_t> p;
   p.x = x;
   p.gain = gain;
   p.baseline = baseline;
-  p.sos = sos;
-  p.zi = zi;
+  p.dtab = dtab;
+  p.atab = atab;
   p.fir = resample ? fir : nullptr;
   p.out = out;
   p.flags = flags;
@@ -587,10 +726,17 @@ Params<acc_t> make_params(const void* x, const float* gain, const float* baselin
   p.half = resample ? (K - 1) / 2 : 0;
   p.normalize = normalize;
   p.T = T;
-  p.P = P;
-  p.T_ext = T + 2 * P;
-  p.T_out = T_out;
+  p.P = row.P;
+  p.off = row.off;
+  p.Lp = row.Lp;
+  p.T_out = row.T_out;
   return p;
+}
+
+// Doubles of the tables workspace: S * kDTable, then the acc_t tables (rounded up to whole doubles).
+template <typename acc_t>
+size_t table_doubles(int S) {
+  return static_cast<size_t>(S) * kDTable + (static_cast<size_t>(S) * atable<acc_t>() * sizeof(acc_t) + 7) / 8;
 }
 
 constexpr int kElementwiseThreads = 256;
@@ -650,25 +796,35 @@ void launch(const Tensor& x, const Tensor& gain, const Tensor& baseline, const T
             const Tensor& fir, Tensor& out, Tensor& flags, int P, int up, int down, int normalize) {
   const int64_t N = x.size(0);
   const int T = static_cast<int>(x.size(1)), S = static_cast<int>(sos.size(0));
-  const int T_ext = T + 2 * P, T_out = static_cast<int>(out.size(1));
+  const RowLayout row = row_layout<acc_t>(S, T, P, up, down);
   const bool resample = up != 1 || down != 1;
   int smem_optin = 0;
   ECGKT_CUDA_CHECK(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, x.get_device_index()));
   const long long smem_limit = smem_optin;
-  const LaunchConfig cfg = launch_config<acc_t>(S, T_ext, T_out, resample, smem_limit, max_threads<acc_t>());
+  const LaunchConfig cfg = launch_config<acc_t>(S, row, resample, smem_limit, max_threads<acc_t>());
   ECGKT_CHECK(static_cast<long long>(cfg.smem) <= smem_limit, "ecgkt::preprocess: too many filter sections (", S,
               ")");
+  const cudaStream_t stream = current_stream(x);
+  // the section tables, once for the call
+  Tensor tables = torch::stable::empty({static_cast<int64_t>(std::max<size_t>(1, table_doubles<acc_t>(S)))},
+                                       ScalarType::Double, std::nullopt, x.device());
+  double* dtab = tables.mutable_data_ptr<double>();
+  acc_t* atab = reinterpret_cast<acc_t*>(dtab + static_cast<size_t>(S) * kDTable);
+  if (S > 0) {
+    tables_kernel<acc_t><<<static_cast<unsigned>(S), 64, 0, stream>>>(sos.const_data_ptr<double>(),
+                                                                       zi.const_data_ptr<double>(), dtab, atab);
+    ECGKT_CUDA_CHECK(cudaGetLastError());
+  }
   Tensor work;  // long rows: staged in global memory (L2)
-  if (cfg.global_staging) work = torch::stable::new_empty(out, {N, T_ext});
+  if (cfg.global_staging) work = torch::stable::new_empty(out, {N, row.Lp});
   const Params<acc_t> p = make_params<acc_t>(
-      x.const_data_ptr(), gain.const_data_ptr<float>(), baseline.const_data_ptr<float>(),
-      sos.const_data_ptr<double>(), zi.const_data_ptr<double>(), S, resample ? fir.const_data_ptr<acc_t>() : nullptr,
-      resample ? static_cast<int>(fir.size(0)) : 0, up, down, normalize, T, P, T_out, out.mutable_data_ptr<acc_t>(),
-      flags.mutable_data_ptr<int32_t>(), data<acc_t>(work));
+      x.const_data_ptr(), gain.const_data_ptr<float>(), baseline.const_data_ptr<float>(), dtab, atab, S,
+      resample ? fir.const_data_ptr<acc_t>() : nullptr, resample ? static_cast<int>(fir.size(0)) : 0, up, down,
+      normalize, T, row, out.mutable_data_ptr<acc_t>(), flags.mutable_data_ptr<int32_t>(), data<acc_t>(work));
   auto kernel = preprocess_kernel<in_t, acc_t>;
   ECGKT_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(cfg.smem)));
-  kernel<<<static_cast<unsigned>(N), cfg.threads, cfg.smem, current_stream(x)>>>(p);
+  kernel<<<static_cast<unsigned>(N), cfg.threads, cfg.smem, stream>>>(p);
   ECGKT_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -780,15 +936,18 @@ template <typename in_t, typename acc_t>
 void emulate(const void* x, const float* gain, const float* baseline, const double* sos, const double* zi, int S,
              int N, int T, int padlen, const double* fir, int K, int up, int down, int normalize, void* out,
              int32_t* flags, int thread_cap, long long smem_limit) {
-  const int P = S > 0 ? std::min(padlen, T - 1) : 0, T_ext = T + 2 * P;
-  const int T_out = static_cast<int>((static_cast<long long>(T) * up + down - 1) / down);
+  const RowLayout row = row_layout<acc_t>(S, T, padlen, up, down);
   const bool resample = up != 1 || down != 1;
-  const LaunchConfig cfg = launch_config<acc_t>(S, T_ext, T_out, resample, smem_limit,
+  const LaunchConfig cfg = launch_config<acc_t>(S, row, resample, smem_limit,
                                                 std::min(thread_cap, max_threads<acc_t>()));
+  std::vector<double> tables(std::max<size_t>(1, table_doubles<acc_t>(S)));
+  double* dtab = tables.data();
+  acc_t* atab = reinterpret_cast<acc_t*>(dtab + static_cast<size_t>(S) * kDTable);
+  if (S > 0) emu_launch(tables_kernel<acc_t>, S, 64, 0, sos, zi, dtab, atab);
   std::vector<acc_t> fir_acc(fir, fir + (resample ? K : 0));
-  std::vector<acc_t> work(cfg.global_staging ? static_cast<size_t>(N) * T_ext : 0);
-  const Params<acc_t> p = make_params<acc_t>(x, gain, baseline, sos, zi, S, fir_acc.data(), K, up, down, normalize,
-                                             T, P, T_out, static_cast<acc_t*>(out), flags,
+  std::vector<acc_t> work(cfg.global_staging ? static_cast<size_t>(N) * row.Lp : 0);
+  const Params<acc_t> p = make_params<acc_t>(x, gain, baseline, dtab, atab, S, fir_acc.data(), K, up, down, normalize,
+                                             T, row, static_cast<acc_t*>(out), flags,
                                              cfg.global_staging ? work.data() : nullptr);
   emu_launch(preprocess_kernel<in_t, acc_t>, N, cfg.threads, cfg.smem, p);
 }

@@ -66,6 +66,9 @@ T __shfl_xor_sync(unsigned, T v, int o) {
   return emu_exchange(v, (threadIdx.x % 32) ^ o);
 }
 
+using std::fma;
+using std::fmax;
+using std::fmin;
 using std::isfinite;
 using std::isnan;
 using std::max;
