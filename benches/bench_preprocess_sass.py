@@ -50,9 +50,9 @@ def _tool(name: str) -> str | None:
     found = shutil.which(name)
     if found:
         return found
-    for folder in (os.environ.get("CUDA_HOME", "/usr/local/cuda") + "/bin",):
-        if Path(folder, name).exists():
-            return str(Path(folder, name))
+    in_cuda_home = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", name)
+    if in_cuda_home.exists():
+        return str(in_cuda_home)
     try:
         import triton
         path = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
@@ -159,7 +159,7 @@ def test_preprocess_sass_instructions_per_sample(arch, tmp_path):
     design, T = filter_design(500.0), 5000
     c = count(arch, tmp_path, design, T)
     note = (f"T={T} at 500 Hz, {len(c['flags'])} sections ({sum(c['flags'])} float64-state), {c['threads']} "
-            f"threads x {CHUNK}; per chunk: tile {c['tile']}, load+store {c['io']}")
+            f"threads x {CHUNK}; per chunk: tile {c['tile']}, load+store {c['io']}; target <= {TARGET:g}")
     record("preprocess_sass", "ecgkt-cuda", "instructions/sample", arch, [c["total"]], x_name="arch", note=note)
     record("preprocess_sass", "ecgkt-cuda-filter", "instructions/sample", arch, [c["filter"]], x_name="arch",
            note="the zero-phase filter alone (both directions, scans, chunk load and store)")
