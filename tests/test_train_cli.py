@@ -41,6 +41,13 @@ def test_pipeline_cli_resume_gives_same_results(tmp_path, capsys):
               "plots/label_efficiency.png",
               "model/config.json", "model/model.safetensors", "predictions.npz", "config.yaml"):
         assert (tmp_path / "a" / f).is_file(), f
+    from ecgkt.labels import Labels  # results.md names each label, its key beside it
+
+    per_label = (tmp_path / "a/results.md").read_text().split("### Per-label AUROC")[1]
+    labels = Labels.for_names(full["dx_names"])
+    for key in full["dx_names"]:
+        assert f"| {labels.name(key)} | `{key}` |" in per_label, key
+    assert any(labels.name(key) != key for key in full["dx_names"])
     # the second run reuses run a's generated data through --data (a prepared store)
     store = str(tmp_path / "a/data/store")
     with pytest.raises(InjectedFailure):

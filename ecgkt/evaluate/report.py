@@ -232,11 +232,14 @@ def markdown(res: dict, lab_label_names=None) -> str:
             pct = k.startswith("gap_bridged")
             f = (lambda x: "n/a" if x is None else f"{100 * x:.1f}%") if pct else (lambda x: _n(x, "+.4f"))
             lines.append(f"| {k.replace('_', ' ')} | {f(val)} | {f(v['ci'][0])} to {f(v['ci'][1])} |")
+    from ..labels import Labels
+
     names = res["dx_names"]
-    lines += ["", "### Per-label AUROC", "", "| label | test positives | " + " | ".join(res["dx"]) + " |",
-              "|---" * (2 + len(res["dx"])) + "|"]
+    labels = Labels.for_names(names)
+    lines += ["", "### Per-label AUROC", "", "| label | key | test positives | " + " | ".join(res["dx"]) + " |",
+              "|---" * (3 + len(res["dx"])) + "|"]
     for n in names:
-        lines.append(f"| {n} | {res['dx_positives_test'][n]} | "
+        lines.append(f"| {labels.name(n)} | `{n}` | {res['dx_positives_test'][n]} | "
                      + " | ".join(_n(res['dx'][m]['per_label_auroc'][n]) for m in res["dx"]) + " |")
     if res.get("labs"):
         srcs = list(res["labs"])
