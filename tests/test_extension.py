@@ -96,11 +96,11 @@ def test_spec_constants_agree_between_python_and_cpp():
     header = (pathlib.Path(__file__).resolve().parents[1] / "csrc" / "preprocess" / "spec.h").read_text()
     cpp = {name: float(value) for name, value in re.findall(r"constexpr \w+ (k\w+) = (-?[0-9.e-]+);", header)}
     assert cpp == {"kInvalidInt16": spec.INVALID_INT16, "kFlatPtp": spec.FLAT_PTP, "kZeroScale": spec.ZERO_SCALE,
-                   "kMadToSigma": spec.MAD_TO_SIGMA}
+                   "kMadToSigma": spec.MAD_TO_SIGMA, "kNearZ1": spec.NEAR_Z1}
     for source in ("cpu.cpp", "cpu_kernel.h", "cuda.cu"):  # no copies of them elsewhere in the kernels
         text = (pathlib.Path(__file__).resolve().parents[1] / "csrc" / "preprocess" / source).read_text()
         code = "\n".join(line.split("//")[0] for line in text.splitlines())
-        assert not re.search(r"32768|1e-6|1e-8|1\.4826", code), source
+        assert not re.search(r"32768|1e-6|1e-8|1e-2|1\.4826", code), source
     root = pathlib.Path(__file__).resolve().parents[1]
     for path in [*(root / "ecgkt" / "ops" / "preprocess").glob("*.py"), root / "kernels" / "preprocess.py"]:
         if path.name == "spec.py":

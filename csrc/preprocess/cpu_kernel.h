@@ -178,92 +178,160 @@ static void repair_row(int64_t n, T* col, int64_t R) {
   }
 }
 
-template <typename T, int MAXS>
-struct Sections {
-  T b0[MAXS], b1[MAXS], b2[MAXS], d1[MAXS], d2[MAXS], zi0[MAXS], zi1[MAXS];  // d1 = a1 + 2, d2 = 1 - a2
+constexpr int kMaxGroup = 5;  // sections per pass over the block (each pass loads and stores every sample once)
+constexpr int kMaxDelta = 2;  // delta-form sections at the head of a pass
+
+// The sections of one pass: `nd` delta-form sections, then `nt` transposed direct form II ones.
+//
+// Transposed direct form II (scipy's sosfilt): y = b0 x + z0, z0 = b1 x - a1 y + z1, z1 = b2 x - a2 y.
+// Its float32 round-off grows like 1/(1 - |p|)^1.5 for poles p near z = 1 (the 0.5 Hz high-pass: 1e-3 of
+// peak at 1000 Hz), so such sections run in delta form: direct form II with the state kept as
+// u = e w (e = A(1) = 1 + a1 + a2) and v = w[n] - w[n-1], which holds float32 to ~1e-6:
+//   s = x - u - d2 v,  v += s,  u += e v,  y = cs s + cv v + cu u
+// (d2 = 1 - a2; s is w's second difference, so y = b0 w[n] + b1 w[n-1] + b2 w[n-2] gives cs = b2,
+// cv = -(b1 + 2 b2), cu = (b0 + b1 + b2) / e). Its steady state for a constant input x is u = x, v = 0.
+template <typename C>
+struct Pass {
+  int nd = 0, nt = 0;
+  bool hp = true;  // every delta section has cv = cu = 0 (a second-order high-pass: y = cs s)
+  C e[kMaxDelta], d2[kMaxDelta], cs[kMaxDelta], cv[kMaxDelta], cu[kMaxDelta], u0[kMaxDelta];
+  C b0[kMaxGroup], b1[kMaxGroup], b2[kMaxGroup], a1[kMaxGroup], a2[kMaxGroup], zi0[kMaxGroup], zi1[kMaxGroup];
 };
 
-// One direction of a cascade of S sections (transposed direct form II) over `count` rows of buf from
-// row `begin`, stepping by `step` (+1 forward, -1 backward), in place, computing in C (T or double).
-// Each row of R lanes is VC vectors of WC lanes of C (native width: a float vector splits into two
-// double vectors). Initial state zi * x0 (x0 = the cascade's input edge).
-template <typename T, typename C, int WC, int VC, int S>
-static void cascade(T* buf, int64_t R, int64_t begin, int64_t count, int64_t step, const Sections<C, 8>& c,
-                    const T* x0) {
-  typedef typename VecOf<T, WC>::type vec;
-  typedef typename VecOf<C, WC>::type cvec;
-  cvec z0[S][VC], z1[S][VC];
-  for (int v = 0; v < VC; ++v) {
-    vec e;
-    std::memcpy(&e, x0 + v * WC, sizeof(e));
-    for (int s = 0; s < S; ++s) {
-      z0[s][v] = __builtin_convertvector(e, cvec) * c.zi0[s];
-      z1[s][v] = __builtin_convertvector(e, cvec) * c.zi1[s];
+template <typename T, int W, int V, int ND, int NT>
+struct CascadeState {
+  typedef typename VecOf<T, W>::type vec;
+  vec u[ND + 1][V], dv[ND + 1][V], z0[NT + 1][V], z1[NT + 1][V];
+};
+
+// `count` steps of one pass from row p (stride: +-R), in place; with SUM, also adds the outputs to acc.
+// HP: every delta section is a high-pass with a double zero at z = 1 (cv = cu = 0: y = cs s).
+template <typename T, int W, int V, int ND, bool HP, int NT, bool SUM>
+static inline T* cascade_steps(CascadeState<T, W, V, ND, NT>& st, const Pass<T>& c, T* p, int64_t stride,
+                               int64_t count, typename VecOf<T, W>::type* acc) {
+  typedef typename VecOf<T, W>::type vec;
+  for (int64_t i = 0; i < count; ++i, p += stride) {
+    for (int v = 0; v < V; ++v) {
+      vec x = *reinterpret_cast<vec*>(p + v * W);
+      for (int s = 0; s < ND; ++s) {
+        const vec d = (x - st.u[s][v]) - c.d2[s] * st.dv[s][v];
+        st.dv[s][v] += d;
+        st.u[s][v] += c.e[s] * st.dv[s][v];
+        x = HP ? c.cs[s] * d : c.cs[s] * d + c.cv[s] * st.dv[s][v] + c.cu[s] * st.u[s][v];
+      }
+      for (int s = 0; s < NT; ++s) {
+        const vec y = c.b0[s] * x + st.z0[s][v];
+        st.z0[s][v] = (c.b1[s] * x + st.z1[s][v]) - c.a1[s] * y;
+        st.z1[s][v] = c.b2[s] * x - c.a2[s] * y;
+        x = y;
+      }
+      *reinterpret_cast<vec*>(p + v * W) = x;
+      if constexpr (SUM) acc[v] += x;
     }
+  }
+  return p;
+}
+
+constexpr int64_t kSumChunk = 64;  // z-score sums: partial sums in T over this many samples, then in double
+
+// One direction of one pass over `count` rows of buf from row `begin`, stepping by `step` (+1 forward,
+// -1 backward), in place. Each row of R lanes is V vectors of W lanes. Every section starts in its steady
+// state for the cascade's input edge x0 (zi * x0, as sosfilt's per-section zi; u0 * x0 in delta form).
+// With `sum`, the outputs of steps [sum_from, count) are also summed per lane into sum[R] (the z-score's
+// first pass, while the last pass of the backward direction produces them).
+template <typename T, int W, int V, int ND, bool HP, int NT>
+static void cascade(T* buf, int64_t R, int64_t begin, int64_t count, int64_t step, const Pass<T>& c, const T* x0,
+                    int64_t sum_from, double* sum) {
+  typedef typename VecOf<T, W>::type vec;
+  CascadeState<T, W, V, ND, NT> st;
+  for (int v = 0; v < V; ++v) {
+    vec e;
+    std::memcpy(&e, x0 + v * W, sizeof(e));
+    for (int s = 0; s < ND; ++s) st.u[s][v] = e * c.u0[s], st.dv[s][v] = vec{};
+    for (int s = 0; s < NT; ++s) st.z0[s][v] = e * c.zi0[s], st.z1[s][v] = e * c.zi1[s];
   }
   T* p = buf + begin * R;
   const int64_t stride = step * R;
-  for (int64_t i = 0; i < count; ++i, p += stride) {
-    for (int v = 0; v < VC; ++v) {
-      cvec x = __builtin_convertvector(*reinterpret_cast<vec*>(p + v * WC), cvec);
-      for (int s = 0; s < S; ++s) {
-        // a1 = d1 - 2, a2 = 1 - d2: keeps the precision of poles near z = 1
-        const cvec y = c.b0[s] * x + z0[s][v];
-        z0[s][v] = (c.b1[s] * x + z1[s][v]) + ((y + y) - c.d1[s] * y);
-        z1[s][v] = (c.b2[s] * x - y) + c.d2[s] * y;
-        x = y;
-      }
-      *reinterpret_cast<vec*>(p + v * WC) = __builtin_convertvector(x, vec);
-    }
+  if (!sum) {
+    cascade_steps<T, W, V, ND, HP, NT, false>(st, c, p, stride, count, nullptr);
+    return;
+  }
+  p = cascade_steps<T, W, V, ND, HP, NT, false>(st, c, p, stride, sum_from, nullptr);
+  for (int64_t i = sum_from; i < count; i += kSumChunk) {
+    vec acc[V];
+    for (int v = 0; v < V; ++v) acc[v] = vec{};
+    p = cascade_steps<T, W, V, ND, HP, NT, true>(st, c, p, stride, count - i < kSumChunk ? count - i : kSumChunk, acc);
+    for (int v = 0; v < V; ++v)
+      for (int w = 0; w < W; ++w) sum[v * W + w] += double(acc[v][w]);
   }
 }
 
-template <typename C>
-static Sections<C, 8> load_sections(const Problem& p, int s0, int S) {
-  Sections<C, 8> c;
-  for (int s = 0; s < S; ++s) {
-    const double* q = p.sos + (s0 + s) * 6;
+// A section whose poles are near z = 1 (|A(1)| = |1 - p1||1 - p2| small): delta form in float32.
+static inline bool near_z1(const double* q) { return (q[3] + q[4] + q[5]) / q[3] < spec::kNearZ1; }
+
+// The next pass from section s0: up to kMaxDelta delta-form sections (float32 only; float64 keeps sosfilt's
+// form throughout), then transposed-form ones, kMaxGroup in all. Coefficients in T, derived in double.
+template <typename T>
+static Pass<T> next_pass(const Problem& p, int s0) {
+  Pass<T> c;
+  double dc_in = 1.0;  // DC gain of the sections before s0: a delta section's steady input per unit x0
+  for (int s = 0; s < s0; ++s) {
+    const double* q = p.sos + s * 6;
+    dc_in *= (q[0] + q[1] + q[2]) / (q[3] + q[4] + q[5]);
+  }
+  int s = s0;
+  for (; sizeof(T) == 4 && s < p.S && c.nd < kMaxDelta && near_z1(p.sos + s * 6); ++s, ++c.nd) {
+    const double* q = p.sos + s * 6;
+    const double b0 = q[0] / q[3], b1 = q[1] / q[3], b2 = q[2] / q[3], a1 = q[4] / q[3], a2 = q[5] / q[3];
+    const double e = 1.0 + a1 + a2;
+    c.e[c.nd] = T(e), c.d2[c.nd] = T(1.0 - a2);
+    c.cs[c.nd] = T(b2), c.cv[c.nd] = T(-(b1 + 2.0 * b2)), c.cu[c.nd] = T((b0 + b1 + b2) / e);
+    c.u0[c.nd] = T(dc_in);
+    c.hp = c.hp && c.cv[c.nd] == T(0) && c.cu[c.nd] == T(0);
+    dc_in *= (b0 + b1 + b2) / e;
+  }
+  for (; s < p.S && c.nd + c.nt < kMaxGroup && !(sizeof(T) == 4 && near_z1(p.sos + s * 6)); ++s, ++c.nt) {
+    const double* q = p.sos + s * 6;
     const double inv_a0 = 1.0 / q[3];
-    c.b0[s] = C(q[0] * inv_a0), c.b1[s] = C(q[1] * inv_a0), c.b2[s] = C(q[2] * inv_a0);
-    c.d1[s] = C(q[4] * inv_a0 + 2.0), c.d2[s] = C(1.0 - q[5] * inv_a0);
-    c.zi0[s] = C(p.zi[(s0 + s) * 2]), c.zi1[s] = C(p.zi[(s0 + s) * 2 + 1]);
+    c.b0[c.nt] = T(q[0] * inv_a0), c.b1[c.nt] = T(q[1] * inv_a0), c.b2[c.nt] = T(q[2] * inv_a0);
+    c.a1[c.nt] = T(q[4] * inv_a0), c.a2[c.nt] = T(q[5] * inv_a0);
+    c.zi0[c.nt] = T(p.zi[s * 2]), c.zi1[c.nt] = T(p.zi[s * 2 + 1]);
   }
   return c;
 }
 
-template <typename T, typename C, int W, int V>
-static void cascade_group(const Problem& p, int s0, int S, T* buf, int64_t R, int64_t begin, int64_t count,
-                          int64_t step, const T* x0) {
-  constexpr int WC = int(W * sizeof(T) / sizeof(C)), VC = int(V * sizeof(C) / sizeof(T));
-  const Sections<C, 8> c = load_sections<C>(p, s0, S);
-  switch (S) {
-    case 1: cascade<T, C, WC, VC, 1>(buf, R, begin, count, step, c, x0); break;
-    case 2: cascade<T, C, WC, VC, 2>(buf, R, begin, count, step, c, x0); break;
-    case 3: cascade<T, C, WC, VC, 3>(buf, R, begin, count, step, c, x0); break;
-    case 4: cascade<T, C, WC, VC, 4>(buf, R, begin, count, step, c, x0); break;
-    default: cascade<T, C, WC, VC, 5>(buf, R, begin, count, step, c, x0); break;
+template <typename T, int W, int V, int ND, bool HP>
+static void cascade_nt(T* buf, int64_t R, int64_t begin, int64_t count, int64_t step, const Pass<T>& c,
+                       const T* x0, int64_t sum_from, double* sum) {
+  switch (c.nt) {
+    case 0: if constexpr (ND > 0) cascade<T, W, V, ND, HP, 0>(buf, R, begin, count, step, c, x0, sum_from, sum); break;
+    case 1: cascade<T, W, V, ND, HP, 1>(buf, R, begin, count, step, c, x0, sum_from, sum); break;
+    case 2: cascade<T, W, V, ND, HP, 2>(buf, R, begin, count, step, c, x0, sum_from, sum); break;
+    case 3: cascade<T, W, V, ND, HP, 3>(buf, R, begin, count, step, c, x0, sum_from, sum); break;
+    case 4: if constexpr (ND < 2) cascade<T, W, V, ND, HP, 4>(buf, R, begin, count, step, c, x0, sum_from, sum); break;
+    default: if constexpr (ND < 1) cascade<T, W, V, ND, HP, 5>(buf, R, begin, count, step, c, x0, sum_from, sum); break;
   }
 }
 
-// A section whose poles are near z = 1 (|A(1)| = |1 - p1||1 - p2| small: the 0.5 Hz high-pass) amplifies
-// float32 state round-off by ~1/(1 - |p|)^1.5; such sections run in double even for float32 data.
-static inline bool needs_double(const double* q) {
-  const double a1 = q[4] / q[3], a2 = q[5] / q[3];
-  return 1.0 + a1 + a2 < 1e-2;
-}
-
-// The whole cascade in one direction, as consecutive groups of up to 5 sections of the same precision.
-// Every group starts from zi * (the cascade's input edge), as sosfilt's per-section zi assumes.
+// The whole cascade in one direction, in passes of up to kMaxGroup sections (one pass for the default
+// design: the high-pass in delta form, then the low-pass and the notch). `sum_from`, `sum`: see cascade
+// (applied to the last pass).
 template <typename T, int W, int V>
 static void cascade_all(const Problem& p, T* buf, int64_t R, int64_t begin, int64_t count, int64_t step,
-                        const T* x0) {
+                        const T* x0, int64_t sum_from = 0, double* sum = nullptr) {
   for (int s0 = 0; s0 < p.S;) {
-    const bool dbl = sizeof(T) == 8 || needs_double(p.sos + s0 * 6);
-    int S = 1;
-    while (s0 + S < p.S && S < 5 && (sizeof(T) == 8 || needs_double(p.sos + (s0 + S) * 6)) == dbl) ++S;
-    if (dbl) cascade_group<T, double, W, V>(p, s0, S, buf, R, begin, count, step, x0);
-    else cascade_group<T, T, W, V>(p, s0, S, buf, R, begin, count, step, x0);
-    s0 += S;
+    const Pass<T> c = next_pass<T>(p, s0);
+    s0 += c.nd + c.nt;
+    double* pass_sum = s0 == p.S ? sum : nullptr;
+    if constexpr (sizeof(T) == 4) {
+      if (c.nd == 1 && c.hp) cascade_nt<T, W, V, 1, true>(buf, R, begin, count, step, c, x0, sum_from, pass_sum);
+      else if (c.nd == 1) cascade_nt<T, W, V, 1, false>(buf, R, begin, count, step, c, x0, sum_from, pass_sum);
+      else if (c.nd == 2 && c.hp) cascade_nt<T, W, V, 2, true>(buf, R, begin, count, step, c, x0, sum_from, pass_sum);
+      else if (c.nd == 2) cascade_nt<T, W, V, 2, false>(buf, R, begin, count, step, c, x0, sum_from, pass_sum);
+      else cascade_nt<T, W, V, 0, false>(buf, R, begin, count, step, c, x0, sum_from, pass_sum);
+    } else {
+      cascade_nt<T, W, V, 0, false>(buf, R, begin, count, step, c, x0, sum_from, pass_sum);
+    }
   }
 }
 
@@ -287,14 +355,15 @@ static void run_block_typed(const Problem& p, int64_t row0, void* scratch) {
   }
   {
     // W x W tiles: W rows x W samples loaded as vectors, converted, transposed in registers, stored as
-    // W time steps of the block; per-row min/max/invalid counts stay in vectors until the end.
+    // W time steps of the block. The per-row min/max/invalid counts are taken after the transpose, where
+    // a lane is a row: V vectors each, held in registers.
     typedef decltype(vec{} != vec{}) ivec;
-    vec lo_v[R], hi_v[R];
-    ivec bad_v[R];
-    for (int64_t r = 0; r < R; ++r) {
-      lo_v[r] = vec{} + T(sizeof(T) == 4 ? 3.0e38 : 1.0e300);
-      hi_v[r] = -lo_v[r];
-      bad_v[r] = ivec{};
+    vec lo_v[V], hi_v[V];
+    ivec bad_v[V];
+    for (int v = 0; v < V; ++v) {
+      lo_v[v] = vec{} + T(sizeof(T) == 4 ? 3.0e38 : 1.0e300);
+      hi_v[v] = -lo_v[v];
+      bad_v[v] = ivec{};
     }
     const char* xblock = static_cast<const char*>(p.x) + row0 * n * in_elem;
     const int64_t n_full = n / W * W;
@@ -309,14 +378,16 @@ static void run_block_typed(const Problem& p, int64_t row0, void* scratch) {
           }
           const char* xrow = xblock + r * n * in_elem;
           __builtin_prefetch(xrow + (t0 + 16 * W) * in_elem);  // 32 rows stream in at once: help the prefetcher
-          const vec x = load_mv<T, IT, W>(xrow, t0, inv_gain[r], base[r]);
-          lo_v[r] = x < lo_v[r] ? x : lo_v[r];  // NaN compares false: invalid samples are skipped
-          hi_v[r] = x > hi_v[r] ? x : hi_v[r];
-          bad_v[r] -= (x != x);
-          tile[i] = x;
+          tile[i] = load_mv<T, IT, W>(xrow, t0, inv_gain[r], base[r]);
         }
         transpose<T, W>(tile);
-        for (int i = 0; i < W; ++i) *reinterpret_cast<vec*>(buf + (P + t0 + i) * R + v * W) = tile[i];
+        for (int i = 0; i < W; ++i) {
+          const vec x = tile[i];
+          lo_v[v] = x < lo_v[v] ? x : lo_v[v];  // NaN compares false: invalid samples are skipped
+          hi_v[v] = x > hi_v[v] ? x : hi_v[v];
+          bad_v[v] -= (x != x);
+          *reinterpret_cast<vec*>(buf + (P + t0 + i) * R + v * W) = x;
+        }
       }
     }
     for (int64_t r = 0; r < R; ++r) {
@@ -325,11 +396,9 @@ static void run_block_typed(const Problem& p, int64_t row0, void* scratch) {
         for (int64_t t = n_full; t < n; ++t) col[t * R] = T(0);
         continue;
       }
-      for (int w = 0; w < W; ++w) {
-        info[r].lo = double(lo_v[r][w]) < info[r].lo ? double(lo_v[r][w]) : info[r].lo;
-        info[r].hi = double(hi_v[r][w]) > info[r].hi ? double(hi_v[r][w]) : info[r].hi;
-        info[r].n_bad += int64_t(bad_v[r][w]);
-      }
+      info[r].lo = double(lo_v[r / W][r % W]);
+      info[r].hi = double(hi_v[r / W][r % W]);
+      info[r].n_bad = int64_t(bad_v[r / W][r % W]);
       if (n_full < n)
         convert_span<T, IT, W>(xblock + r * n * in_elem, n_full, n - n_full, inv_gain[r], base[r], col, R, info[r]);
     }
@@ -351,7 +420,12 @@ static void run_block_typed(const Problem& p, int64_t row0, void* scratch) {
     }
   }
 
-  // 3. Zero-phase filter: odd extension, forward over everything, backward over what is kept.
+  // 3. Zero-phase filter: odd extension, forward over everything, backward over what is kept. Without
+  // resampling, the backward pass also takes the z-score's sums.
+  const bool resample = p.up != 1 || p.down != 1;
+  double sum[R];
+  for (int64_t r = 0; r < R; ++r) sum[r] = 0;
+  bool summed = false;
   if (p.S > 0) {
     const T* first = buf + P * R;
     const T* last = buf + (P + n - 1) * R;
@@ -369,13 +443,15 @@ static void run_block_typed(const Problem& p, int64_t row0, void* scratch) {
     for (int64_t r = 0; r < R; ++r) edge[r] = buf[r];
     cascade_all<T, W, V>(p, buf, R, 0, L, +1, edge);
     for (int64_t r = 0; r < R; ++r) edge[r] = buf[(L - 1) * R + r];
-    cascade_all<T, W, V>(p, buf, R, L - 1, L - P, -1, edge);  // stops at row P: the left pad is dropped
+    summed = p.zscore && !resample;
+    // stops at row P: the left pad is dropped; the right pad's P steps come before the output's
+    cascade_all<T, W, V>(p, buf, R, L - 1, L - P, -1, edge, P, summed ? sum : nullptr);
   }
 
   // 4. Polyphase resampling into the second half of the scratch.
   const T* y = buf + P * R;
   int64_t n_out = n;
-  if (p.up != 1 || p.down != 1) {
+  if (resample) {
     T* o = buf + L * R;
     const int64_t half = (p.K - 1) / 2;
     n_out = p.T_out;
@@ -401,14 +477,14 @@ static void run_block_typed(const Problem& p, int64_t row0, void* scratch) {
     y = o;
   }
 
-  // 5. z-score statistics per lane (two passes, sums in double).
+  // 5. z-score statistics per lane (two passes, sums in double; the first one taken by the filter).
   T shift[R], scale[R];
   for (int64_t r = 0; r < R; ++r) shift[r] = T(0), scale[r] = T(1);
   if (p.zscore && n_out > 0) {
-    double sum[R], ss[R];
-    for (int64_t r = 0; r < R; ++r) sum[r] = 0, ss[r] = 0;
-    constexpr int64_t chunk = 64;  // partial sums in T over short chunks, then in double
-    for (int64_t m0 = 0; m0 < n_out; m0 += chunk) {
+    double ss[R];
+    for (int64_t r = 0; r < R; ++r) ss[r] = 0;
+    constexpr int64_t chunk = kSumChunk;
+    for (int64_t m0 = 0; !summed && m0 < n_out; m0 += chunk) {
       const int64_t m1 = m0 + chunk < n_out ? m0 + chunk : n_out;
       vec acc[V];
       for (int v = 0; v < V; ++v) acc[v] = vec{} + T(0);
@@ -444,20 +520,28 @@ static void run_block_typed(const Problem& p, int64_t row0, void* scratch) {
     }
   }
 
-  // 6. Write each output row once: W x W tiles transposed back in registers, then a tail.
+  // 6. Write each output row once: normalised while a lane is a row (per-lane shift and scale vectors,
+  // dead rows exactly 0), W x W tiles transposed back in registers, then a tail.
+  typedef decltype(vec{} != vec{}) ivec;
+  vec shift_v[V], scale_v[V];
+  ivec live_v[V];
+  for (int v = 0; v < V; ++v)
+    for (int w = 0; w < W; ++w) {
+      shift_v[v][w] = shift[v * W + w], scale_v[v][w] = scale[v * W + w];
+      live_v[v][w] = dead[v * W + w] ? 0 : -1;
+    }
   T* out = static_cast<T*>(p.out);
   const int64_t m_full = n_out / W * W;
   for (int64_t m0 = 0; m0 < m_full; m0 += W) {
     for (int v = 0; v < V; ++v) {
       vec tile[W];
-      for (int i = 0; i < W; ++i) tile[i] = *reinterpret_cast<const vec*>(y + (m0 + i) * R + v * W);
-      transpose<T, W>(tile);
       for (int i = 0; i < W; ++i) {
-        const int64_t r = int64_t(v) * W + i;
-        if (r >= rows) break;
-        const vec o = dead[r] ? vec{} : (tile[i] - shift[r]) * scale[r];
-        std::memcpy(out + (row0 + r) * n_out + m0, &o, sizeof(o));
+        const vec o = (*reinterpret_cast<const vec*>(y + (m0 + i) * R + v * W) - shift_v[v]) * scale_v[v];
+        tile[i] = live_v[v] ? o : vec{};
       }
+      transpose<T, W>(tile);
+      for (int i = 0; i < W && int64_t(v) * W + i < rows; ++i)
+        std::memcpy(out + (row0 + int64_t(v) * W + i) * n_out + m0, &tile[i], sizeof(vec));
     }
   }
   for (int64_t r = 0; r < rows; ++r) {

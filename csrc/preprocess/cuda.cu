@@ -12,11 +12,12 @@
 //      pass:       run the section over the chunk from a zero state, in place -> the chunk's end state g_i;
 //      scan:       true end states h_i = sum_{j<=i} A^{(i-j)L} g_j by a Kogge-Stone scan of 2-vectors with
 //                  the transfer matrices A^{kL} (warp shuffles, then one warp over the warp totals);
-//      correction: add the zero-input response to the true start state h_{i-1}: y_k += (A^k h)_0, two
+//      correction: add the zero-input response to the true start state h_{i-1}: y_k += C A^k h, two
 //                  multiply-adds a sample instead of a second run of the section.
-//    Rows longer than a tile carry each section's state from tile to tile. The backward (reverse-time)
-//    pass is the same scan in reverse thread order. The tables (transfer matrices in float64 and in the
-//    compute type, zero-input responses, coefficients) are computed once per call by tables_kernel.
+//    Sections with poles near z = 1 (the high-pass) run in a delta form that keeps float32 accurate
+//    (delta_step). Rows longer than a tile carry each section's state from tile to tile. The backward
+//    (reverse-time) pass is the same scan in reverse thread order. The tables (transfer matrices and
+//    zero-input responses in the compute type, coefficients) are computed once per call by tables_kernel.
 //    Instructions per sample, counted in the SASS: benches/bench_preprocess_sass.py.
 //  * Invalid-sample repair (rare) uses block max/min scans of the nearest valid index; flat/all-invalid
 //    rows exit early with zeros. Polyphase resampling reads the filtered row from shared memory, and the
@@ -58,14 +59,15 @@ __host__ __device__ constexpr int chunk() { return sizeof(acc_t) == 8 ? 31 : 63;
 template <typename acc_t>
 __host__ __device__ constexpr int max_threads() { return 256; }
 constexpr int kPowers = 32 + 5;      // R_k = A^{kL} for k = 1..32, then Q_d = A^{32L 2^d} for d = 0..4
-constexpr int kCoefs = 8;            // b0 b1 b2 a1 a2 zi0 zi1 (normalised by a0), needs-float64 flag
-constexpr int kNeedsDouble = 7;      // index of that flag
-// |A(1)| = 1 + a1 + a2 below this: poles near z = 1, state in float64 (same rule as the CPU kernel)
-constexpr double kNearUnitCircle = 1e-2;
-// Per section, computed once per call (tables_kernel): kDTable doubles (the transfer matrices, then the
-// coefficients) and atable<acc_t>() values of the compute type (the same matrices, then the zero-input
-// response: row 0 of A^k for k = 0..L-1, the correction that replaces a second run of the section).
-constexpr int kDTable = kPowers * 4 + kCoefs;
+// Per section, computed once per call (tables_kernel): kDTable doubles, the step's five coefficients, the
+// start state per unit of input (two) and the section's form; and atable<acc_t>() values of the compute type:
+// the transfer matrices, then the zero-input response C A^k for k = 0..L-1 (the correction that replaces a
+// second run of the section).
+constexpr int kDTable = 8;
+constexpr int kForm = 7;  // index of the form in the doubles
+// Transposed direct form II, as scipy's sosfilt: (b0 b1 b2 a1 a2, zi0 zi1). Delta form, for sections with
+// poles near z = 1 in float32 (see delta_step): (e d2 cs cv cu, u0 0); kDeltaHighPass when cv = cu = 0.
+enum SectionForm : int { kTransposed = 0, kDelta = 1, kDeltaHighPass = 2 };
 template <typename acc_t>
 __host__ __device__ constexpr int atable() { return kPowers * 4 + 2 * chunk<acc_t>(); }
 constexpr double kFlatPtp = spec::kFlatPtp;  // csrc/preprocess/spec.h
@@ -195,9 +197,8 @@ struct Mat2 {
 __device__ Mat2 mat_mul(const Mat2& x, const Mat2& y) {
   return {x.a * y.a + x.b * y.c, x.a * y.b + x.b * y.d, x.c * y.a + x.d * y.c, x.c * y.b + x.d * y.d};
 }
-// A^e for the zero-input state update of a transposed direct-form II section: (z0, z1) <- (z1 - a1 z0, -a2 z0).
-__device__ Mat2 companion_power(double a1, double a2, long long e) {
-  Mat2 result{1, 0, 0, 1}, base{-a1, 1, -a2, 0};
+__device__ Mat2 mat_power(Mat2 base, long long e) {
+  Mat2 result{1, 0, 0, 1};
   while (e > 0) {
     if (e & 1) result = mat_mul(result, base);
     base = mat_mul(base, base);
@@ -268,67 +269,79 @@ __device__ __forceinline__ c_t biquad_step(c_t x, c_t& z0, c_t& z1, c_t b0, c_t 
   return y;
 }
 
-// One section over one tile, in place, in compute type c_t (the samples r[] stay acc_t). The section is
-// linear, so its output from the true start state e is the output from a zero state plus the zero-input
-// response to e: one run from a zero state (the origin starts from the true initial state), the scan of the
-// chunk end states, then r[k] += C_k . e with C_k = row 0 of A^k, two multiply-adds a sample. Samples are
-// processed in scan order: ascending forward, descending backward.
-template <typename c_t, bool kBackward, typename acc_t, int L>
+// One delta-form step: direct form II with the state kept as u = e w (e = A(1) = 1 + a1 + a2) and
+// dv = w[n] - w[n-1]. For poles near z = 1 (the 0.5 Hz high-pass) the transposed form's float32 round-off
+// grows like 1/(1 - |p|)^1.5 (3e-3 of the peak at 1000 Hz); this one stays at ~1e-6, in five operations for
+// a high-pass (cv = cu = 0). d is w's second difference; y = b0 w[n] + b1 w[n-1] + b2 w[n-2].
+template <bool kHighPass, typename c_t>
+__device__ __forceinline__ c_t delta_step(c_t x, c_t& u, c_t& dv, c_t e, c_t d2, c_t cs, c_t cv, c_t cu) {
+  const c_t d = fma(-d2, dv, x - u);
+  dv += d;
+  u = fma(e, dv, u);
+  return kHighPass ? cs * d : fma(cs, d, fma(cv, dv, cu * u));
+}
+
+// One section over one tile, in place. The section is linear, so its output from the true start state e is
+// the output from a zero state plus the zero-input response to e: one run from a zero state (the origin
+// starts from the true initial state), the scan of the chunk end states, then r[k] += C_k . e with
+// C_k = C A^k, two multiply-adds a sample. Samples are processed in scan order: ascending forward,
+// descending backward.
+template <int kSectionForm, bool kBackward, typename acc_t, int L>
 __device__ __forceinline__ void filter_section(acc_t (&r)[L], bool is_origin, bool last_rank, const double* coefs,
-                                               const c_t* powers, const acc_t* response, double* carry,
-                                               c_t* scratch) {
-  const c_t b0 = static_cast<c_t>(coefs[0]), b1 = static_cast<c_t>(coefs[1]), b2 = static_cast<c_t>(coefs[2]);
-  const c_t a1 = static_cast<c_t>(coefs[3]), a2 = static_cast<c_t>(coefs[4]);
-  c_t z0 = 0, z1 = 0;
+                                               const acc_t* powers, const acc_t* response, double* carry,
+                                               acc_t* scratch) {
+  const acc_t c0 = static_cast<acc_t>(coefs[0]), c1 = static_cast<acc_t>(coefs[1]);
+  const acc_t c2 = static_cast<acc_t>(coefs[2]), c3 = static_cast<acc_t>(coefs[3]);
+  const acc_t c4 = static_cast<acc_t>(coefs[4]);
+  acc_t z0 = 0, z1 = 0;
   if (is_origin) {
-    z0 = static_cast<c_t>(carry[0]);
-    z1 = static_cast<c_t>(carry[1]);
+    z0 = static_cast<acc_t>(carry[0]);
+    z1 = static_cast<acc_t>(carry[1]);
   }
 #pragma unroll
   for (int j = 0; j < L; ++j) {
     const int k = kBackward ? L - 1 - j : j;
-    r[k] = static_cast<acc_t>(biquad_step(static_cast<c_t>(r[k]), z0, z1, b0, b1, b2, a1, a2));
+    if constexpr (kSectionForm == kTransposed)
+      r[k] = biquad_step(r[k], z0, z1, c0, c1, c2, c3, c4);
+    else
+      r[k] = delta_step<kSectionForm == kDeltaHighPass>(r[k], z0, z1, c0, c1, c2, c3, c4);
   }
-  c_t e0, e1;
+  acc_t e0, e1;
   scan_section_states<kBackward>(powers, z0, z1, e0, e1, scratch);
   if (last_rank) {  // the origin read its carry before the scan's barriers
     carry[0] = z0;
     carry[1] = z1;
   }
   // the origin's e is 0: it is rank 0, or the ranks before it hold zeros (beyond the row's end)
-  const acc_t f0 = static_cast<acc_t>(e0), f1 = static_cast<acc_t>(e1);
 #pragma unroll
   for (int j = 0; j < L; ++j) {
     const int k = kBackward ? L - 1 - j : j;
-    r[k] = fma(response[2 * j], f0, fma(response[2 * j + 1], f1, r[k]));
+    r[k] = fma(response[2 * j], e0, fma(response[2 * j + 1], e1, r[k]));
   }
 }
 
 // Filters one tile (held in registers, r[k] = buf[base + k]) through the whole cascade in one direction.
-// `carry` holds each section's state entering this tile (zi * first input for the first tile) and is
-// updated to the state leaving it. Every chunk is whole (the row is padded to a multiple of L). Sections
-// flagged near z = 1 (the high-pass) run their state in float64 even for float32 data, as the CPU kernel
-// does: in float32 their state round-off is amplified by ~1/(1 - |p|)^1.5 (3-7e-3 of the peak at 1000 Hz).
+// `carry` holds each section's state entering this tile (the steady state for the first input, for the
+// first tile) and is updated to the state leaving it. Every chunk is whole (the row is padded to a
+// multiple of L). Sections near z = 1 run in delta form in float32 (float64 data: sosfilt's form throughout).
 template <bool kBackward, typename acc_t, int L>
 __device__ __forceinline__ void filter_tile(acc_t (&r)[L], int origin, int S, const double* dtab, const acc_t* atab,
-                                            double* carry, double* scratch) {
+                                            double* carry, acc_t* scratch) {
   const bool is_origin = static_cast<int>(threadIdx.x) == origin;
   const bool last_rank = scan_rank(kBackward) == static_cast<int>(blockDim.x) - 1;
   __syncthreads();  // the previous tile's carry writes (with one section there is no barrier in between)
   for (int s = 0; s < S; ++s) {
-    const double* d = dtab + s * kDTable;
-    const acc_t* a = atab + s * atable<acc_t>();
-    const double* coefs = d + kPowers * 4;
-    const acc_t* response = a + kPowers * 4;
-    if constexpr (sizeof(acc_t) == 8) {
-      filter_section<double, kBackward>(r, is_origin, last_rank, coefs, d, response, carry + 2 * s, scratch);
-    } else {
-      if (coefs[kNeedsDouble] != 0.0)
-        filter_section<double, kBackward>(r, is_origin, last_rank, coefs, d, response, carry + 2 * s, scratch);
-      else
-        filter_section<acc_t, kBackward>(r, is_origin, last_rank, coefs, a, response, carry + 2 * s,
-                                         reinterpret_cast<acc_t*>(scratch));
-    }
+    const double* coefs = dtab + s * kDTable;
+    const acc_t* powers = atab + s * atable<acc_t>();
+    const acc_t* response = powers + kPowers * 4;
+    double* c = carry + 2 * s;
+    const int form = static_cast<int>(coefs[kForm]);
+    if (sizeof(acc_t) == 8 || form == kTransposed)
+      filter_section<kTransposed, kBackward>(r, is_origin, last_rank, coefs, powers, response, c, scratch);
+    else if (form == kDeltaHighPass)
+      filter_section<kDeltaHighPass, kBackward>(r, is_origin, last_rank, coefs, powers, response, c, scratch);
+    else
+      filter_section<kDelta, kBackward>(r, is_origin, last_rank, coefs, powers, response, c, scratch);
   }
 }
 
@@ -351,49 +364,62 @@ __device__ __forceinline__ void store_chunk(const acc_t (&r)[L], acc_t* buf, int
   }
 }
 
-// Sets each section's carry to zi * x0 (the steady state for a step of height x0).
+// Sets each section's carry to its steady state for a constant input x0.
 __device__ void init_carry(const double* dtab, int S, double x0, double* carry) {
   for (int s = threadIdx.x; s < S; s += blockDim.x) {
-    const double* c = dtab + s * kDTable + kPowers * 4;
+    const double* c = dtab + s * kDTable;
     carry[2 * s] = c[5] * x0;
     carry[2 * s + 1] = c[6] * x0;
   }
 }
 
 // The tables of each section, once per call (one block per section): the transfer matrices over 1..32 chunks
-// and 32 * 2^d chunks, the zero-input response over one chunk, and the normalised coefficients.
+// and 32 * 2^d chunks, the zero-input response over one chunk, the step's coefficients and the start state.
+// State and output row of the zero-input update (x = 0): transposed form (z0, z1) <- (z1 - a1 z0, -a2 z0),
+// y = z0; delta form (u, dv) <- ((1 - e) u + e a2 dv, a2 dv - u), y = (cu (1 - e) - cs - cv) u +
+// (cu e a2 + cv a2 - cs d2) dv.
 template <typename acc_t>
 __global__ void tables_kernel(const double* sos, const double* zi, double* dtab, acc_t* atab) {
   constexpr int L = chunk<acc_t>();
   const int s = blockIdx.x;
   const double* sec = sos + 6 * s;
-  const double a1 = sec[4] / sec[3], a2 = sec[5] / sec[3];
-  double* d = dtab + s * kDTable;
+  const double b0 = sec[0] / sec[3], b1 = sec[1] / sec[3], b2 = sec[2] / sec[3];
+  const double a1 = sec[4] / sec[3], a2 = sec[5] / sec[3], e = 1.0 + a1 + a2;
+  const bool delta = sizeof(acc_t) == 4 && e < spec::kNearZ1;
+  const double cs = b2, cv = -(b1 + 2.0 * b2), cu = (b0 + b1 + b2) / e, d2 = 1.0 - a2;
+  const Mat2 A = delta ? Mat2{1.0 - e, e * a2, -1.0, a2} : Mat2{-a1, 1.0, -a2, 0.0};
+  const double C0 = delta ? cu * (1.0 - e) - cs - cv : 1.0, C1 = delta ? cu * e * a2 + cv * a2 - cs * d2 : 0.0;
   acc_t* a = atab + s * atable<acc_t>();
   for (int j = threadIdx.x; j < kPowers + L; j += blockDim.x) {
     if (j < kPowers) {
-      const long long e = j < 32 ? static_cast<long long>(j + 1) * L : (32LL * L) << (j - 32);
-      const Mat2 m = companion_power(a1, a2, e);
-      const double v[4] = {m.a, m.b, m.c, m.d};
-      for (int q = 0; q < 4; ++q) {
-        d[4 * j + q] = v[q];
-        a[4 * j + q] = static_cast<acc_t>(v[q]);
-      }
+      const long long n = j < 32 ? static_cast<long long>(j + 1) * L : (32LL * L) << (j - 32);
+      const Mat2 m = mat_power(A, n);
+      a[4 * j] = static_cast<acc_t>(m.a);
+      a[4 * j + 1] = static_cast<acc_t>(m.b);
+      a[4 * j + 2] = static_cast<acc_t>(m.c);
+      a[4 * j + 3] = static_cast<acc_t>(m.d);
     } else {
       const int k = j - kPowers;
-      const Mat2 m = companion_power(a1, a2, k);  // y_k = (A^k z)_0 for a start state z and zero input
-      a[kPowers * 4 + 2 * k] = static_cast<acc_t>(m.a);
-      a[kPowers * 4 + 2 * k + 1] = static_cast<acc_t>(m.b);
+      const Mat2 m = mat_power(A, k);  // y_k = C A^k z for a start state z and zero input
+      a[kPowers * 4 + 2 * k] = static_cast<acc_t>(C0 * m.a + C1 * m.c);
+      a[kPowers * 4 + 2 * k + 1] = static_cast<acc_t>(C0 * m.b + C1 * m.d);
     }
   }
   if (threadIdx.x == 0) {
-    double* c = d + kPowers * 4;
-    for (int q = 0; q < 3; ++q) c[q] = sec[q] / sec[3];
-    c[3] = a1;
-    c[4] = a2;
-    c[5] = zi[2 * s];
-    c[6] = zi[2 * s + 1];
-    c[kNeedsDouble] = 1.0 + a1 + a2 < kNearUnitCircle ? 1.0 : 0.0;
+    double* c = dtab + s * kDTable;
+    if (delta) {
+      double dc_in = 1.0;  // the steady input per unit of the cascade's input: the earlier sections' DC gain
+      for (int q = 0; q < s; ++q) {
+        const double* o = sos + 6 * q;
+        dc_in *= (o[0] + o[1] + o[2]) / (o[3] + o[4] + o[5]);
+      }
+      const double v[kDTable] = {e, d2, cs, cv, cu, dc_in, 0.0,
+                                 cv == 0.0 && cu == 0.0 ? double(kDeltaHighPass) : double(kDelta)};
+      for (int q = 0; q < kDTable; ++q) c[q] = v[q];
+    } else {
+      const double v[kDTable] = {b0, b1, b2, a1, a2, zi[2 * s], zi[2 * s + 1], double(kTransposed)};
+      for (int q = 0; q < kDTable; ++q) c[q] = v[q];
+    }
   }
 }
 
@@ -553,7 +579,7 @@ __global__ void __launch_bounds__(max_threads<acc_t>()) preprocess_kernel(Params
     acc_t r[L];
     for (int i = 0; i < n_tiles; ++i) {
       load_chunk(r, buf, i * tile + base, Lp);
-      filter_tile<false>(r, 0, S, dtab, atab, carry, scan_scratch);
+      filter_tile<false>(r, 0, S, dtab, atab, carry, reinterpret_cast<acc_t*>(scan_scratch));
       if (n_tiles > 1) store_chunk(r, buf, i * tile + base, Lp);
     }
     // the backward pass starts from zi * (last forward output)
@@ -572,7 +598,7 @@ __global__ void __launch_bounds__(max_threads<acc_t>()) preprocess_kernel(Params
     for (int i = n_tiles - 1; i >= 0; --i) {
       const int start = i * tile, origin = (min(start + tile, Lp) - start) / L - 1;
       if (n_tiles > 1) load_chunk(r, buf, start + base, Lp);
-      filter_tile<true>(r, origin, S, dtab, atab, carry, scan_scratch);
+      filter_tile<true>(r, origin, S, dtab, atab, carry, reinterpret_cast<acc_t*>(scan_scratch));
       store_chunk(r, buf, start + base, Lp);
     }
     __syncthreads();
@@ -620,15 +646,16 @@ __global__ void __launch_bounds__(max_threads<acc_t>()) preprocess_kernel(Params
 // Pieces of preprocess_kernel<int16_t, float> on their own, for benches/bench_preprocess_sass.py to count in
 // the compiled SASS (built only there, with -DECGKT_SASS_PROBES), the row in shared memory as in the kernel.
 // sass_probe_tile<kPiece, kBackward>: one chunk per thread, loaded and stored as the kernel does (kPiece 0),
-// with one float32 section (1) or one float64-state section (2) in between; the other probes hold one loop.
+// with one transposed-form section (1) or one delta-form high-pass section (2) in between; the other probes
+// hold one loop.
 template <int kPiece, bool kBackward>
 __global__ void __launch_bounds__(max_threads<float>()) sass_probe_tile(int Lp, int origin) {
   constexpr int L = chunk<float>();
   ECGKT_DYNAMIC_SHARED(smem_raw);
   double* dtab = reinterpret_cast<double*>(smem_raw);
   double* carry = dtab + kDTable;
-  double* scratch = carry + 2;
-  float* atab = reinterpret_cast<float*>(scratch + 128);
+  float* scratch = reinterpret_cast<float*>(carry + 2);
+  float* atab = scratch + 256;
   float* buf = atab + atable<float>();
   const bool is_origin = static_cast<int>(threadIdx.x) == origin;
   const bool last_rank = scan_rank(kBackward) == static_cast<int>(blockDim.x) - 1;
@@ -636,11 +663,10 @@ __global__ void __launch_bounds__(max_threads<float>()) sass_probe_tile(int Lp, 
   const int base = threadIdx.x * L;
   load_chunk(r, buf, base, Lp);
   if constexpr (kPiece == 1)
-    filter_section<float, kBackward>(r, is_origin, last_rank, dtab + kPowers * 4, atab, atab + kPowers * 4, carry,
-                                     reinterpret_cast<float*>(scratch));
+    filter_section<kTransposed, kBackward>(r, is_origin, last_rank, dtab, atab, atab + kPowers * 4, carry, scratch);
   if constexpr (kPiece == 2)
-    filter_section<double, kBackward>(r, is_origin, last_rank, dtab + kPowers * 4, dtab, atab + kPowers * 4, carry,
-                                      scratch);
+    filter_section<kDeltaHighPass, kBackward>(r, is_origin, last_rank, dtab, atab, atab + kPowers * 4, carry,
+                                              scratch);
   store_chunk(r, buf, base, Lp);
 }
 __global__ void sass_probe_convert(const int16_t* x, int T, float inv_gain, float shift, int* counts, float* range) {

@@ -8,5 +8,6 @@ INVALID_INT16 = -32768
 FLAT_PTP = 1e-6  # mV: a lead whose peak-to-peak is at most this is flat
 ZERO_SCALE = 1e-8  # a std or MAD at most this is treated as zero
 MAD_TO_SIGMA = 1.4826  # robust scale = MAD_TO_SIGMA * MAD
+NEAR_Z1 = 1e-2  # a section with A(1) = 1 + a1 + a2 below this has poles near z = 1 (needs a precise form)
 NOTCH_BANDWIDTH_HZ = 1.5  # -3 dB width of the notch (one-way); Q = notch / width
 MAX_ORDER = 8
