@@ -6,7 +6,8 @@ AdamW, torch threads of the default configuration. A round is a few optimiser st
 each pulling its batch from the DataLoader (so data time counts).
 
   ecgkt                  ECGDataset + DataLoader (the config's workers) -> ecgkt.preprocess on the batch
-                         (the engine's Preprocessed, uncached: the first epoch) -> ecgkt.losses.clip_loss
+                         (the engine's Preprocessed, uncached: the first epoch; one batch ahead in a thread,
+                         as the engine's preprocess_ahead) -> ecgkt.losses.clip_loss
   ecgkt-cached           the same with the preprocessing cache warm (epochs 2.. of `ecgkt pipeline`)
   scipy+open_clip        per-item scipy preprocessing (band-pass, notch, resample_poly, z-score) in 2 DataLoader
                          workers, reading the same store rows, + open_clip's ClipLoss
@@ -77,7 +78,7 @@ def _trainer(provider: str, store, device):
     from ecgkt.data import ECGDataset, collate
     from ecgkt.models import ECGPreprocessor
     from ecgkt.train import config
-    from ecgkt.train.engine import Preprocessed
+    from ecgkt.train.engine import Preprocessed, preprocess_ahead
 
     cfg = config.resolve()
     p = cfg.pretrain
@@ -102,7 +103,8 @@ def _trainer(provider: str, store, device):
         if provider.startswith("ecgkt-cached"):  # fill the cache as epoch 1 does (not timed)
             for batch in DataLoader(ds, batch_size=p.batch_size, collate_fn=collate):
                 prep(batch, device)
-        batches = itertools.chain.from_iterable(itertools.repeat(loader))
+        # the engine's loop: each batch preprocessed one batch ahead (ecgkt.train.engine.fit)
+        batches = itertools.chain.from_iterable(preprocess_ahead(loader, prep, device) for _ in itertools.count())
 
         def step():
             batch = next(batches)

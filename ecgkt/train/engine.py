@@ -10,6 +10,7 @@ import math
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -54,6 +55,8 @@ class Preprocessed:
         return torch.gather(x, 2, idx[:, None, :].expand(-1, x.shape[1], -1))
 
     def __call__(self, batch: dict, device: torch.device) -> torch.Tensor:
+        if "preprocessed" in batch:  # done ahead by preprocess_ahead
+            return batch["preprocessed"]
         keys = [int(k) for k in batch["study_id"]]
         if self.cache and all(k in self._store for k in keys):
             return torch.stack([self._store[k] for k in keys]).to(device, non_blocking=True)
@@ -63,6 +66,30 @@ class Preprocessed:
             for k, row in zip(keys, x.detach().cpu()):
                 self._store[k] = row
         return x
+
+
+def preprocess_ahead(loader, prep: Preprocessed, device: torch.device):
+    """Iterates `loader` with each batch's preprocessing (batch["preprocessed"], which `prep` then returns as
+    is) done one batch ahead in a background thread. On the CPU the kernel runs without the GIL on the core
+    that the training step (one torch thread by default) leaves idle. The order of batches, their contents
+    and the draws from torch's generators are those of iterating `loader` directly."""
+    if device.type != "cpu":  # GPU kernels are asynchronous already
+        yield from loader
+        return
+    batches = iter(loader)  # here, not in the thread: creating the iterator draws from the global generator
+
+    def load():
+        batch = next(batches, None)
+        if batch is not None:
+            batch["preprocessed"] = prep(batch, device)
+        return batch
+
+    # the thread's own OpenMP thread count is the default (all cores): give it the training step's
+    with ThreadPoolExecutor(1, initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),)) as pool:
+        pending = pool.submit(load)
+        while (batch := pending.result()) is not None:
+            pending = pool.submit(load)
+            yield batch
 
 
 def make_loader(dataset, batch_size: int, env: DistEnv, *, seed: int, shuffle: bool, num_workers: int = 0):
@@ -156,7 +183,8 @@ class Task:
     validate(model) -> dict of metrics (every rank computes it on the whole validation split);
     select: the metric to maximise (minimise with minimize=True); the best epoch's weights are restored;
     train_mode(model): called after model.train() each epoch (e.g. keep a frozen encoder in eval mode);
-    ddp=False: every rank trains the same replica on the same data (a head on precomputed embeddings)."""
+    ddp=False: every rank trains the same replica on the same data (a head on precomputed embeddings);
+    prep: the Preprocessed that `loss` applies to every batch, run one batch ahead (preprocess_ahead)."""
 
     name: str
     model: nn.Module
@@ -167,6 +195,7 @@ class Task:
     minimize: bool = False
     train_mode: Callable | None = None
     ddp: bool = True
+    prep: Preprocessed | None = None
 
 
 @dataclasses.dataclass
@@ -220,7 +249,8 @@ def fit(task: Task, loader, sch: Schedule) -> list[dict]:
             task.train_mode(model)
         t0, count = time.time(), 0
         total = torch.zeros((), dtype=torch.float64, device=env.device)  # on device: no sync per step
-        bar = tqdm(loader, desc=f"{name} {epoch + 1}/{sch.epochs}", leave=False,
+        batches = loader if task.prep is None else preprocess_ahead(loader, task.prep, env.device)
+        bar = tqdm(batches, total=steps_per_epoch, desc=f"{name} {epoch + 1}/{sch.epochs}", leave=False,
                    disable=not _show_progress(sch.progress, env), dynamic_ncols=True)
         for step, batch in enumerate(bar):
             with autocast(env, sch.amp):

@@ -315,7 +315,7 @@ def _fit_contrastive(ctx: Context, name: str, model, loader, batch_loss, loss_mo
     validate = _pair_validation(ctx, p.batch_size, lambda mdl, b: batch_loss(mdl, b, local_loss, train=False))
     task = Task(name, model, param_groups([(model, p.lr)], p.weight_decay),
                 loss=lambda net, b: batch_loss(net, b, loss_mod), validate=validate, select="val_loss",
-                minimize=True)
+                minimize=True, prep=ctx.prep)
     return fit(task, loader, _schedule(ctx, name, p))
 
 
@@ -448,7 +448,7 @@ def train_labs(ctx: Context, encoder_state: dict, name: str = "labs") -> dict:
                 mdl.encoder.eval()
 
         task = Task(name, model, groups, loss=loss_fn, validate=validate, select="val_lab_macro_auroc",
-                    train_mode=keep_encoder_eval, ddp=not frozen)
+                    train_mode=keep_encoder_eval, ddp=not frozen, prep=None if frozen else ctx.prep)
         history = fit(task, loader, _schedule(ctx, name, s))
         return dict(encoder=_cpu_state(model.encoder), lab_head=_cpu_state(model.lab_head), history=history)
 
@@ -546,7 +546,7 @@ def finetune(ctx: Context, name: str = "finetune", encoder_state: dict | None = 
             return mdl(x)["dx_logits"]
 
         task = Task(name, model, groups, loss=loss_fn, validate=_dx_validate(ctx, forward),
-                    select="val_dx_macro_auroc")
+                    select="val_dx_macro_auroc", prep=ctx.prep)
         history = fit(task, loader, _schedule(ctx, name, s, epochs=rounds))
         return dict(model_config=model.config, state=_cpu_state(model), history=history,
                     pred=_dx_predictions(ctx, model, forward), n_labelled=len(data))
@@ -576,7 +576,7 @@ def multimodal(ctx: Context, name: str = "multimodal", fraction: float = 1.0, re
             return nn.functional.binary_cross_entropy_with_logits(logits.float(), b["dx_y"].to(env.device))
 
         task = Task(name, model, param_groups([(model, s.lr)], s.weight_decay), loss=loss_fn,
-                    validate=_dx_validate(ctx, fwd), select="val_dx_macro_auroc")
+                    validate=_dx_validate(ctx, fwd), select="val_dx_macro_auroc", prep=ctx.prep)
         history = fit(task, loader, _schedule(ctx, name, s, epochs=rounds))
         return dict(state=_cpu_state(model), history=history, pred=_dx_predictions(ctx, model, fwd),
                     n_labelled=len(data))
