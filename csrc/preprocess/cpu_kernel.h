@@ -186,10 +186,10 @@ constexpr int kMaxDelta = 2;  // delta-form sections at the head of a pass
 // Transposed direct form II (scipy's sosfilt): y = b0 x + z0, z0 = b1 x - a1 y + z1, z1 = b2 x - a2 y.
 // Its float32 round-off grows like 1/(1 - |p|)^1.5 for poles p near z = 1 (the 0.5 Hz high-pass: 1e-3 of
 // peak at 1000 Hz), so such sections run in delta form: direct form II with the state kept as
-// u = e w (e = A(1) = 1 + a1 + a2) and v = w[n] - w[n-1], which holds float32 to ~1e-6:
-//   s = x - u - d2 v,  v += s,  u += e v,  y = cs s + cv v + cu u
-// (d2 = 1 - a2; s is w's second difference, so y = b0 w[n] + b1 w[n-1] + b2 w[n-2] gives cs = b2,
-// cv = -(b1 + 2 b2), cu = (b0 + b1 + b2) / e). Its steady state for a constant input x is u = x, v = 0.
+// u = e w (e = A(1) = 1 + a1 + a2) and dv = w[n] - w[n-1], which holds float32 to ~1e-6:
+//   d = x - u - d2 dv,  dv += d,  u += e dv,  y = cs d + cv dv + cu u
+// (d2 = 1 - a2; d is w's second difference, so y = b0 w[n] + b1 w[n-1] + b2 w[n-2] gives cs = b2,
+// cv = -(b1 + 2 b2), cu = (b0 + b1 + b2) / e). Its steady state for a constant input x is u = x, dv = 0.
 template <typename C>
 struct Pass {
   int nd = 0, nt = 0;
