@@ -118,3 +118,41 @@ def test_several_stage1_seeds_feed_the_replicates(tmp_path):
     rows = {(x["arm"], x["evaluation"], x["fraction"], x["replicate"]) for x in pipeline.sweep_rows(ctx, r)}
     assert {("ecgkt", e, 0.5, k) for e in ("probe", "finetune") for k in (0, 1)} <= rows
     assert {("random", "probe", 0.5, 1), ("signal_only", "finetune", 0.5, 1)} <= rows
+
+
+def test_preprocess_ahead_gives_the_loaders_batches_preprocessed_in_another_thread():
+    """The engine preprocesses each batch one batch ahead in a thread: the same batches in the same order,
+    each carrying exactly what the Preprocessed returns for it, computed off the training thread; a failing
+    batch raises in the training loop."""
+    import threading
+
+    from ecgkt.data import collate
+    from ecgkt.models import ECGPreprocessor
+    from ecgkt.train.engine import Preprocessed, preprocess_ahead
+
+    train, _, _ = fake_splits(40, 8, 8, fs=100.0)
+    loader = torch.utils.data.DataLoader(train, batch_size=8, collate_fn=collate)
+    threads = []
+
+    class Recording(Preprocessed):
+        def __call__(self, batch, device):
+            threads.append(threading.get_ident())
+            return super().__call__(batch, device)
+
+    prep = Recording(ECGPreprocessor(target_fs=50), 100.0, cache=False)
+    plain = Preprocessed(ECGPreprocessor(target_fs=50), 100.0, cache=False)
+    got = list(preprocess_ahead(loader, prep, torch.device("cpu")))
+    want = list(loader)
+    assert len(got) == len(want) == 5 and len(threads) == 5
+    assert threading.get_ident() not in threads
+    for g, w in zip(got, want):
+        assert torch.equal(g["study_id"], w["study_id"])
+        assert torch.equal(g["preprocessed"], plain(w, torch.device("cpu")))
+        assert prep(g, torch.device("cpu")) is g["preprocessed"]
+
+    class Broken(Preprocessed):
+        def __call__(self, batch, device):
+            raise ECGKTError("bad batch")
+
+    with pytest.raises(ECGKTError, match="bad batch"):
+        list(preprocess_ahead(loader, Broken(ECGPreprocessor(), 100.0), torch.device("cpu")))
