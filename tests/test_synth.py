@@ -176,9 +176,13 @@ def test_limb_leads_obey_einthoven_and_goldberger(small):
         assert np.abs(2 * avl - (2 * i - ii)).max() <= 3
 
 
-def test_generation_is_deterministic_by_seed(tmp_path):
-    # small chunks so that two worker processes really share the records
-    a = _generate(tmp_path / "a", 12, seed=3, chunk_records=7)
+def test_generation_is_deterministic_by_seed(tmp_path, monkeypatch):
+    # small chunks so that two worker processes really share the records, and parts of chunks rendered apart
+    from ecgkt.data.synth import mimic_ecg
+
+    with monkeypatch.context() as m:
+        m.setattr(mimic_ecg, "PART_RECORDS", 3)
+        a = _generate(tmp_path / "a", 12, seed=3, chunk_records=7)
     cfg = synth.SynthConfig(**{**EDGE, "chunk_records": 7})
     synth.generate(tmp_path / "b", patients=12, seed=3, config=cfg, progress=False, jobs=1)
     b = tmp_path / "b"

@@ -5,8 +5,9 @@ rise than fall) times a 3-D dipole in mV; lead ``l`` sees ``dot(LEAD_VECTORS[l],
 Only the 8 independent leads (I, II, V1-V6) are rendered; III, aVR, aVF, aVL are derived exactly
 (Einthoven/Goldberger) before quantisation, so they hold in the files to within one ADC unit.
 
-All records of a chunk are rendered at once: for every sample we find the beat whose QRS onset
-precedes it, and evaluate P of the next beat, QRS of the nearer beat, ST/T/U/J of the current beat.
+Every random number of a chunk of records is drawn first; the records are then rendered a few at a
+time (the temporaries stay in cache): each record's beat templates are copied at its beat onsets,
+then noise is added and the leads derived and quantised.
 """
 from __future__ import annotations
 
@@ -73,8 +74,8 @@ def _gauss(d, c, s):
     return np.exp(-0.5 * z * z)
 
 
-# One beat is rendered once per record on the sample grid, in two parts that are then placed at
-# every beat by indexing: AFTER covers [0, 1.2 s) from a QRS onset (QRS, ST, T, U, J waves) and
+# One beat is rendered once per record on the sample grid, in two parts that are then copied at
+# every beat: AFTER covers [0, 1.2 s) from a QRS onset (QRS, ST, T, U, J waves) and
 # BEFORE covers [-0.5 s, 0) (P wave and the first QRS tail). A sample sees AFTER of the beat that
 # started last and BEFORE of the next one.
 AFTER_MS, BEFORE_MS = 1200.0, 500.0
@@ -115,134 +116,143 @@ def _beat_parts(p, fs):
     return normal, np.matmul(pvc_amp, after[:, len(WAVES):]), np.matmul(amp, before[:, :len(WAVES)])
 
 
-def render_clean(rng, p, n_samples=N_SAMPLES, fs=FS, onsets=None):
-    """Noise-free independent leads (n, T, 8) in mV, the QRS onset times used (ms) and the number
-    of ventricular premature beats starting inside each record.
+def _float32(p: dict) -> dict:
+    """The parameters as the beat model computes with them: every float array in float32."""
+    return {k: (v.astype(np.float32) if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v) for k, v in p.items()}
 
-    Beat onsets fall on the sample grid (ms values rounded to the sample period). Given
-    ``onsets``, every beat is a normal one.
-    """
-    f32 = np.float32
+
+def beat_times(rng, p, n_samples=N_SAMPLES, fs=FS):
+    """QRS onsets (n, K) on the sample grid (ms values rounded to the sample period) and which beats
+    are ventricular premature beats. These are the first draws of a chunk's stream, so the beat
+    statistics of a chunk are known without rendering it."""
     dt = 1000.0 / fs
-    p = {k: (v.astype(f32) if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v) for k, v in p.items()}
-    n = len(p["rr"])
-    if onsets is None:
-        onsets, pvc = _beat_onsets(rng, p, n_samples * dt)
-    else:
-        pvc = np.zeros(np.shape(onsets), bool)
-    on = np.rint(np.asarray(onsets, np.float64) / dt).astype(np.int64)  # in samples
-    onsets = on * dt
-    k = on.shape[1]
-    # count, per row and sample, the onsets at or before it: index of the current beat
-    counts = np.zeros((n, n_samples + 1), np.int32)
-    rows = np.repeat(np.arange(n), k)
-    np.add.at(counts, (rows, np.clip(on.ravel(), 0, n_samples)), 1)
-    j = np.clip(np.cumsum(counts[:, :n_samples], axis=1) - 1, 0, k - 2)
-    t = np.arange(n_samples)[None, :]
-    normal, ectopic, before = _beat_parts(p, fs)
+    onsets, pvc = _beat_onsets(rng, _float32(p), n_samples * dt)
+    return np.rint(onsets / dt).astype(np.int64), pvc
+
+
+def _place_beats(parts, on, pvc, n_samples):
+    """Noise-free independent leads (n, 8, n_samples) in mV from the beat templates ``parts`` of
+    ``_beat_parts``: a sample sees AFTER (normal or ectopic) of the beat that started last, but at
+    most of beat K - 2, plus BEFORE of the next beat unless that one is ectopic (no P wave). The
+    templates are copied per beat, as slices."""
+    normal, ectopic, before = parts
     na, nb = normal.shape[2], before.shape[2]
-    ia = t - np.take_along_axis(on, j, 1)  # samples since the current beat's onset (>= 0)
-    ib = t - np.take_along_axis(on, j + 1, 1) + nb  # index into BEFORE of the next beat
-    # templates as rows of 8 leads, a zero row after each record's template for out-of-window indices
-    # (record, normal/ectopic) blocks of na + 1 rows; a P-less BEFORE for beats that are ectopic
-    zero = np.zeros((n, 8, 1), f32)
-    after = np.stack([np.concatenate([normal, zero], 2), np.concatenate([ectopic, zero], 2)], 1)
-    after = after.transpose(0, 1, 3, 2).reshape(-1, 8)
-    before = np.concatenate([before, zero], axis=2).transpose(0, 2, 1).reshape(-1, 8)
-    kind = np.take_along_axis(pvc, j, 1).astype(np.int64)
-    ia = np.where((ia >= 0) & (ia < na), ia, na) + (na + 1) * (2 * np.arange(n)[:, None] + kind)
-    ib = np.where((ib >= 0) & (ib < nb) & ~np.take_along_axis(pvc, j + 1, 1), ib, nb)
-    ib += (nb + 1) * np.arange(n)[:, None]
-    sig8 = np.take(after, ia, axis=0)  # (n, T, 8)
-    sig8 += np.take(before, ib, axis=0)
-    af = np.flatnonzero(p["af"])
-    if len(af):  # fibrillatory waves (5-7 Hz, 0.03-0.08 mV) on the atrial vector
-        tt = (np.arange(n_samples) * dt)[None, :]
-        f = rng.uniform(5, 7, len(af))[:, None]
-        ph = np.cumsum(rng.normal(0, 0.15, (len(af), n_samples)), axis=1)
-        fw = (rng.uniform(0.03, 0.08, len(af))[:, None] * np.sin(2 * np.pi * f * tt / 1000 + ph)).astype(f32)
-        avec = LEAD_VECTORS @ np.array([0.3, 0.6, 0.75])
-        sig8[af] += avec[None, None, :].astype(f32) * fw[:, :, None]
-    n_pvc = (pvc & (on >= 0) & (on < n_samples)).sum(axis=1)
-    return sig8, onsets, n_pvc
+    k = on.shape[1]
+    out = np.zeros((len(on), 8, n_samples), np.float32)
+    for dst, after, pvc_after, pre, o, v in zip(out, normal, ectopic, before, on.tolist(), pvc.tolist()):
+        j = 0
+        while j < k - 2 and o[j + 1] <= 0:  # beats that end before the record starts
+            j += 1
+        for j in range(j, k - 1):
+            s0 = max(o[j], 0)
+            if s0 >= n_samples:
+                break
+            s1 = n_samples if j == k - 2 else min(o[j + 1], n_samples)
+            end = min(s1, o[j] + na)
+            if end > s0:
+                dst[:, s0:end] = (pvc_after if v[j] else after)[:, s0 - o[j]:end - o[j]]
+            start, end = max(s0, o[j + 1] - nb), min(s1, o[j + 1])
+            if end > start and not v[j + 1]:
+                dst[:, start:end] += pre[:, start - o[j + 1] + nb:end - o[j + 1] + nb]
+    return out
+
+
+def _fibrillation(rng, n, rows, n_samples, fs):
+    """Fibrillatory waves (5-7 Hz, 0.03-0.08 mV) of n AF records, float32 (len(rows), n_samples):
+    the values of ``rows`` only, the random numbers of all n."""
+    tt = (np.arange(n_samples) * (1000.0 / fs))[None, :]
+    f = rng.uniform(5, 7, n)[rows, None]
+    steps = rng.normal(0, 0.15, (n, n_samples))[rows]
+    amp = rng.uniform(0.03, 0.08, n)[rows, None]
+    return (amp * np.sin(2 * np.pi * f * tt / 1000 + np.cumsum(steps, axis=1))).astype(np.float32)
+
+
+ATRIAL_LEADS = (LEAD_VECTORS @ np.array([0.3, 0.6, 0.75])).astype(np.float32)  # the fibrillatory vector
 
 
 _NOISE_BANK_SIZE = 1 << 20
 
 
 def _noise_bank(seed: int) -> np.ndarray:
-    """A fixed stretch of unit white noise; records take random windows of it (much cheaper than
-    drawing 40,000 fresh normals per record, and just as white)."""
-    return np.random.default_rng([seed, 104729]).standard_normal(_NOISE_BANK_SIZE, dtype=np.float32)
+    """A fixed stretch of unit white noise as 8 lead rows (sample t of lead l is value 8 t + l);
+    records take random windows of it (much cheaper than drawing 40,000 fresh normals per record,
+    and just as white)."""
+    bank = np.random.default_rng([seed, 104729]).standard_normal(_NOISE_BANK_SIZE, dtype=np.float32)
+    return np.ascontiguousarray(bank.reshape(-1, 8).T)
 
 
 def _sinusoid_draw(rng, n, nl, f_lo, f_hi, fs):
-    """Frequencies (rad per sample) and phases (n, 1, 1, nl) of random-phase sinusoids, frequency
+    """Frequencies (rad per sample) and phases (n, nl) of random-phase sinusoids, frequency
     uniform in [f_lo, f_hi] Hz."""
     f32 = np.float32
-    w = (2 * np.pi * rng.uniform(f_lo, f_hi, (n, 1, 1, nl)) / fs).astype(f32)
-    phase = rng.uniform(0, 2 * np.pi, (n, 1, 1, nl)).astype(f32)
+    w = (2 * np.pi * rng.uniform(f_lo, f_hi, (n, nl)) / fs).astype(f32)
+    phase = rng.uniform(0, 2 * np.pi, (n, nl)).astype(f32)
     return w, phase
 
 
-def _sinusoid_values(w, phase, amp, T, block=100):
-    """The sinusoids (n, T, nl) of ``_sinusoid_draw``, amplitude ``amp`` (n, 1, nl). Computed per
-    block of samples with sin(a + b) = sin a cos b + cos a sin b: a few multiplications per sample
-    instead of a sine. Every value depends on its own record only, so any subset of records can be
-    computed alone."""
+def _sinusoid_factors(w, phase, amp, T, block=100):
+    """The sinusoids of ``_sinusoid_draw`` with amplitude ``amp`` (n, nl), per block of samples:
+    sample i * block + j is amp sin(a_i + b_j) = (amp sin a_i) cos b_j + (amp cos a_i) sin b_j,
+    a few multiplications per sample instead of a sine. Returns those four factors; every value
+    depends on its own record only, so any subset of records can be computed alone."""
     f32 = np.float32
-    n, nl = w.shape[0], w.shape[3]
     nb = -(-T // block)
-    a = w * (np.arange(nb, dtype=f32) * block)[None, :, None, None] + phase  # block starts
-    b = w * np.arange(block, dtype=f32)[None, None, :, None]  # within a block
-    amp = amp.astype(f32)[:, :, None, :]
-    out = np.multiply(amp * np.sin(a), np.cos(b))
-    out += np.multiply(amp * np.cos(a), np.sin(b))  # in place: one temporary less, same rounding
-    return out.reshape(n, nb * block, nl)[:, :T]
+    w = w[:, :, None, None]
+    a = w * (np.arange(nb, dtype=f32) * block)[:, None] + phase[:, :, None, None]  # block starts
+    b = w * np.arange(block, dtype=f32)  # within a block
+    amp = amp.astype(f32)[:, :, None, None]
+    return amp * np.sin(a), np.cos(b), amp * np.cos(a), np.sin(b)
 
 
-NOISE_BLOCK = 8  # records whose noise is summed together: the temporaries stay in cache
+def _sinusoid_values(factors, T):
+    """The sinusoids (n, nl, T) from the factors of ``_sinusoid_factors``."""
+    sin_a, cos_b, cos_a, sin_b = factors
+    out = np.multiply(sin_a, cos_b)
+    out += np.multiply(cos_a, sin_b)  # in place: one temporary less, same rounding
+    n, nl, nb, block = out.shape
+    return out.reshape(n, nl, nb * block)[:, :, :T]
 
 
-def add_noise(rng, sig8, cfg, boost=None, fs=FS, bank=None):
-    """Baseline wander, EMG/white noise, respiration amplitude modulation and occasional mains hum
-    on (n, T, 8) signals. ``boost`` (n,) multiplies the noise of individual records (poor quality).
-
-    Every random number is drawn first, for all records, in a fixed order; the sums are then formed
-    a few records at a time (each sample sees the same operations in the same order either way).
-    """
-    f32 = np.float32
-    n, T, nl = sig8.shape
-    s = cfg.noise_scale * (np.ones((n, 1, 1)) if boost is None else np.asarray(boost, float)[:, None, None])
-    resp = (*_sinusoid_draw(rng, n, 1, 0.2, 0.33, fs), np.full((n, 1, 1), 0.05))  # respiration
-    wander = []
+def _noise_draws(rng, n, cfg, boost, T, fs, nl=8):
+    """Every random number of the noise of n records, in a fixed order: respiration, baseline
+    wander, white-noise windows and levels, mains hum."""
+    s = cfg.noise_scale * (np.ones((n, 1)) if boost is None else np.asarray(boost, float)[:, None])
+    d = {"resp": (*_sinusoid_draw(rng, n, 1, 0.2, 0.33, fs), np.full((n, 1), 0.05)), "wander": []}
     for _ in range(2):  # baseline wander 0.1-0.5 Hz, 0.05-0.2 mV in total
-        amp = rng.uniform(0.025, 0.1, (n, 1, nl)) * s
-        wander.append((*_sinusoid_draw(rng, n, nl, 0.1, 0.5, fs), amp))
-    if bank is None:
-        bank = _noise_bank(0)
-    rows = bank[: len(bank) // nl * nl].reshape(-1, nl)
-    starts = rng.integers(0, len(rows) - T, (n, 1))
-    level = (rng.uniform(0.010, 0.030, (n, 1, 1)) * s).astype(f32)  # EMG/white 10-30 uV
-    hum = np.flatnonzero(rng.random(n) < cfg.p_mains)
-    if len(hum):  # 60 Hz mains
-        amp = rng.uniform(0.01, 0.05, (len(hum), 1, nl)) * s[hum]
-        mains = (*_sinusoid_draw(rng, len(hum), nl, 60, 60, fs), amp)
-    hum_at = np.full(n, -1)
-    hum_at[hum] = np.arange(len(hum))
-    out = np.empty(sig8.shape, f32)
-    for i0 in range(0, n, NOISE_BLOCK):
-        sl = slice(i0, min(i0 + NOISE_BLOCK, n))
-        o = sig8[sl] * (1 + _sinusoid_values(*(x[sl] for x in resp), T))
-        for part in wander:
-            o += _sinusoid_values(*(x[sl] for x in part), T)
-        for i in range(sl.start, sl.stop):  # a window of the bank per record: a view, no gather
-            o[i - i0] += level[i] * rows[starts[i, 0]:starts[i, 0] + T]
-        local = np.flatnonzero(hum_at[sl] >= 0)
-        if len(local):
-            o[local] += _sinusoid_values(*(x[hum_at[sl][local]] for x in mains), T)
-        out[sl] = o
-    return out
+        amp = rng.uniform(0.025, 0.1, (n, nl)) * s
+        d["wander"].append((*_sinusoid_draw(rng, n, nl, 0.1, 0.5, fs), amp))
+    d["starts"] = rng.integers(0, _NOISE_BANK_SIZE // nl - T, n)
+    d["level"] = (rng.uniform(0.010, 0.030, n) * s[:, 0]).astype(np.float32)  # EMG/white 10-30 uV
+    d["hum"] = np.flatnonzero(rng.random(n) < cfg.p_mains)
+    if len(d["hum"]):  # 60 Hz mains
+        amp = rng.uniform(0.01, 0.05, (len(d["hum"]), nl)) * s[d["hum"]]
+        d["mains"] = (*_sinusoid_draw(rng, len(d["hum"]), nl, 60, 60, fs), amp)
+    return d
+
+
+def _noise_part(d, part, T):
+    """The noise of the records ``part`` (a slice of those of ``_noise_draws``), indexed from its
+    first record: the sinusoid factors computed once for the part, not per block."""
+    hum = np.flatnonzero((d["hum"] >= part.start) & (d["hum"] < part.stop))
+    return {"resp": _sinusoid_factors(*(v[part] for v in d["resp"]), T),
+            "wander": [_sinusoid_factors(*(v[part] for v in w), T) for w in d["wander"]],
+            "starts": d["starts"][part], "level": d["level"][part],
+            "mains": {int(d["hum"][h]) - part.start: _sinusoid_factors(*(v[h:h + 1] for v in d["mains"]), T)
+                      for h in hum}}
+
+
+def _add_noise(x, d, sl, bank):
+    """Respiration amplitude modulation, baseline wander, EMG/white noise and mains hum (``d`` of
+    ``_noise_part``) of the records ``sl`` on their leads ``x`` (b, 8, T), in place."""
+    T = x.shape[2]
+    x *= 1 + _sinusoid_values([f[sl] for f in d["resp"]], T)
+    for factors in d["wander"]:
+        x += _sinusoid_values([f[sl] for f in factors], T)
+    for r, (start, level) in enumerate(zip(d["starts"][sl], d["level"][sl])):
+        x[r] += level * bank[:, start:start + T]  # a window of the bank: a view, no gather
+    for r in range(len(x)):
+        if sl.start + r in d["mains"]:
+            x[r] += _sinusoid_values(d["mains"][sl.start + r], T)[0]
 
 
 def quantise(sig12: np.ndarray) -> np.ndarray:
@@ -254,18 +264,64 @@ def quantise(sig12: np.ndarray) -> np.ndarray:
     return sig12.astype(np.int16)
 
 
-def add_artifacts(rng, adu, nan_run, flat):
-    """Invalid (-32768) runs and flat (constant) leads in the flagged records of (n, T, 12), in place."""
-    n, T, nl = adu.shape
-    for i in np.flatnonzero(nan_run):
+def _artifact_draws(rng, nan_run, flat, T, first=0, nl=12):
+    """Invalid (-32768) runs {record: (start, length, leads)} and flat leads {record: (lead, keep the
+    first value, else 0)} of the flagged records, counted from record ``first``."""
+    runs, flats = {}, {}
+    for i in np.flatnonzero(nan_run).tolist():
         length = int(rng.integers(25, 1500))
         start = int(rng.integers(0, T - length))
-        leads = slice(None) if rng.random() < 0.5 else int(rng.integers(0, nl))
-        adu[i, start:start + length, leads] = INVALID
-    for i in np.flatnonzero(flat):
-        lead = int(rng.integers(0, nl))
-        adu[i, :, lead] = adu[i, 0, lead] if rng.random() < 0.5 else 0
+        runs[i - first] = (start, length, slice(None) if rng.random() < 0.5 else int(rng.integers(0, nl)))
+    for i in np.flatnonzero(flat).tolist():
+        flats[i - first] = (int(rng.integers(0, nl)), rng.random() < 0.5)
+    return runs, flats
 
+
+RENDER_BLOCK = 2  # records whose samples are computed together: the temporaries stay in the L2 cache
+
+
+def render(rng, p, cfg, boost, nan_run, flat, bank, part: slice):
+    """Records ``part`` of a chunk whose beat-model parameters are ``p``: yields, per block of up to
+    RENDER_BLOCK records, (index of its first record, int16 frames (b, T, 12) in the .dat sample
+    order, per-lead checksums (b, 12)). ``boost`` (n,) multiplies the noise of individual records
+    (poor quality); ``nan_run`` and ``flat`` (n,) flag the records with invalid runs or a flat lead.
+
+    Every random number of the chunk is drawn first, in a fixed order (beats, fibrillatory waves,
+    noise, artefacts), and every value depends on its own record only, so the bytes of a record do
+    not depend on which part of its chunk is rendered with it.
+    """
+    T, fs = N_SAMPLES, FS
+    n = len(p["rr"])
+    on, pvc = beat_times(rng, p, T, fs)
+    p = _float32(p)
+    # the draws are for the whole chunk; from here on, rows count from the first record of the part
+    af = np.flatnonzero(p["af"])
+    mine = (af >= part.start) & (af < part.stop)
+    fib = dict(zip((af[mine] - part.start).tolist(), _fibrillation(rng, len(af), mine, T, fs))) if len(af) else {}
+    noise = _noise_part(_noise_draws(rng, n, cfg, boost, T, fs), part, T)
+    runs, flats = _artifact_draws(rng, nan_run, flat, T, first=part.start)
+    on, pvc = on[part], pvc[part]
+    parts = _beat_parts({k: (v[part] if isinstance(v, np.ndarray) and len(v) == n else v) for k, v in p.items()}, fs)
+    for i0 in range(0, len(on), RENDER_BLOCK):
+        sl = slice(i0, min(i0 + RENDER_BLOCK, len(on)))
+        x = _place_beats([t[sl] for t in parts], on[sl], pvc[sl], T)
+        for r in range(len(x)):
+            if i0 + r in fib:
+                x[r] += ATRIAL_LEADS[:, None] * fib[i0 + r]
+        _add_noise(x, noise, sl, bank)
+        # the matrix product reads the leads transposed and writes frames (b, T, 12), the .dat sample
+        # order; each derived lead is a sum of two exact products, so the layout cannot change a bit
+        frames = quantise(derive_leads(x.transpose(0, 2, 1)))
+        for r in range(len(frames)):
+            if i0 + r in runs:
+                start, length, leads = runs[i0 + r]
+                frames[r, start:start + length, leads] = INVALID
+            if i0 + r in flats:
+                lead, keep = flats[i0 + r]
+                frames[r, :, lead] = frames[r, 0, lead] if keep else 0
+        # per-lead sums: int32 is exact (|sum| <= 5000 * 32768 < 2**31) and einsum reduces it fastest
+        checksums = np.einsum("ntl->nl", frames.astype(np.int32)) % 65536
+        yield part.start + i0, frames, checksums
 
 
 def template(p: dict, i: int, fs: int = FS, pre_ms: float = 400.0, post_ms: float = 900.0):
@@ -277,7 +333,7 @@ def template(p: dict, i: int, fs: int = FS, pre_ms: float = 400.0, post_ms: floa
     one["rr"] = np.array([5000.0])
     one["af"] = np.zeros(1, bool)
     n = int((pre_ms + post_ms) * fs / 1000)
-    onsets = np.array([[-10000.0, pre_ms, 20000.0, 30000.0]])
-    sig8, _, _ = render_clean(np.random.default_rng(0), one, n_samples=n, fs=fs, onsets=onsets)
+    on = np.rint(np.array([[-10000.0, pre_ms, 20000.0, 30000.0]]) / (1000.0 / fs)).astype(np.int64)
+    sig8 = _place_beats(_beat_parts(_float32(one), fs), on, np.zeros(on.shape, bool), n)
     t = np.arange(n) * 1000.0 / fs - pre_ms
-    return t, derive_leads(sig8[0].astype(np.float64)).T
+    return t, derive_leads(sig8[0].T.astype(np.float64)).T

@@ -71,10 +71,16 @@ def generate(out_dir, patients: int = 1000, seed: int = 0, config: SynthConfig |
     t0 = time.perf_counter()
     sim = simulate(patients, seed, cfg)
     t_sim = time.perf_counter() - t0
+    if cfg.waveforms:  # a record's mean RR and premature beats follow from the draws of its beats alone
+        stats = mimic_ecg.beat_stats(sim)
+        rr, sim.ecg["pvc_count"] = stats[:, 0], stats[:, 1].astype(int)
+    else:  # no records: the expected values
+        rr = sim.ecg["rr"].copy()
+        sim.ecg["pvc_count"] = np.rint(sim.ecg["pvc_rate"] * 10000 / rr).astype(int)
     tables = {}
 
-    def clinical_tables():  # needs no record: written while the records render
-        codes.extend(coding.diagnoses(np.random.default_rng([seed, 37, 1]), sim.enc, sim.ecg, cfg))
+    def write_tables():  # needs no record: written while the records render
+        codes = coding.diagnoses(np.random.default_rng([seed, 37, 1]), sim.enc, sim.ecg, cfg)
         enc_tables, hadm, stay, intime, outtime, _ = mimic_clinical.encounter_tables(sim, codes)
         tables.update(enc_tables)
         tables["hosp/labevents"] = mimic_clinical.labevents(sim, hadm)
@@ -84,26 +90,20 @@ def generate(out_dir, patients: int = 1000, seed: int = 0, config: SynthConfig |
         tables["ed/vitalsign"], tables["ed/triage"] = mimic_clinical.ed_vitals(sim, stay, intime, outtime)
         for name, df in tables.items():
             write_csv(df, clin_root / f"{name}.csv.gz", gz=True)
-        ids.update(hadm=hadm, stay=stay)
+        mimic_ecg.write_ecg_tables(sim, rr, ecg_root)
+        write_csv(_truth(sim, rr, codes, hadm, stay), out / "synth_truth.csv.gz", gz=True)
 
-    codes: list = []
-    ids: dict = {}
     if cfg.waveforms:
-        stats = mimic_ecg.write_waveforms(sim, ecg_root, progress=progress, jobs=jobs, meanwhile=clinical_tables)
-        rr, sim.ecg["pvc_count"] = stats[:, 0], stats[:, 1].astype(int)
-    else:  # no records: the expected values
-        clinical_tables()
-        rr = sim.ecg["rr"].copy()
-        sim.ecg["pvc_count"] = np.rint(sim.ecg["pvc_rate"] * 10000 / rr).astype(int)
+        mimic_ecg.write_waveforms(sim, ecg_root, progress=progress, jobs=jobs, meanwhile=write_tables)
+    else:
+        write_tables()
     t_wave = time.perf_counter() - t0 - t_sim
-    mimic_ecg.write_ecg_tables(sim, rr, ecg_root)
-    write_csv(_truth(sim, rr, codes, ids["hadm"], ids["stay"]), out / "synth_truth.csv.gz", gz=True)
     elapsed = time.perf_counter() - t0
     summary = {
         "out_dir": str(out), "seed": seed, "patients": patients, "records": len(sim.ecgs),
         "labevents": len(tables["hosp/labevents"]), "ed_stays": len(tables["ed/edstays"]),
         "admissions": len(tables["hosp/admissions"]), "seconds": round(elapsed, 2),
-        "waveform_seconds": round(t_wave, 2),  # records, and the clinical tables written meanwhile
+        "waveform_seconds": round(t_wave, 2),  # records, and the tables written meanwhile
         "records_per_s": round(len(sim.ecgs) / elapsed, 1), "jobs": jobs,
         "rules": cfg.rules,
     }
