@@ -226,3 +226,28 @@ def test_labevents_multiline_comments_across_blocks(tmp_path):
     df.to_csv(path, index=False)
     got = read_labevents(path, [50971], block_size=256)  # many block boundaries inside quoted comments
     assert len(got) == 151 and got["valuenum"].tolist() == (np.arange(0, n, 2) / 10).tolist()
+
+
+def test_pair_closest_matches_merge_asof_nearest_with_ties_and_gaps():
+    # integer minutes on a small range: many exact ties (same time, equally far before and after)
+    rng = np.random.default_rng(3)
+    base = pd.Timestamp("2180-01-01")
+    ecgs = pd.DataFrame({"subject_id": rng.integers(1, 6, 301),
+                         "ecg_time": base + pd.to_timedelta(rng.integers(0, 400, 301), unit="min")})
+    ecgs.loc[rng.random(301) < 0.05, "ecg_time"] = pd.NaT
+    events = pd.DataFrame({"subject_id": rng.integers(1, 7, 997),
+                           "t": base + pd.to_timedelta(rng.integers(-50, 450, 997), unit="min"),
+                           "x": rng.normal(size=997)})
+    events.loc[rng.random(997) < 0.1, "x"] = np.nan
+    events.loc[rng.random(997) < 0.02, "t"] = pd.NaT
+    window = pd.Timedelta(minutes=17)
+    got = pair_closest(ecgs, events, "t", ["x"], window)["x"].to_numpy()
+
+    left = ecgs.assign(_row=np.arange(len(ecgs))).dropna(subset=["ecg_time"]).sort_values("ecg_time", kind="stable")
+    right = events.dropna(subset=["x", "t"]).sort_values("t", kind="stable")
+    merged = pd.merge_asof(left, right, left_on="ecg_time", right_on="t", by="subject_id", direction="nearest",
+                           tolerance=window)
+    want = np.full(len(ecgs), np.nan)
+    want[merged["_row"].to_numpy()] = merged["x"].to_numpy()
+    assert np.isfinite(want).sum() > 100
+    np.testing.assert_array_equal(got, want)

@@ -12,6 +12,7 @@ as such instead of surfacing as a reshape error or garbage samples.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import re
@@ -96,6 +97,9 @@ def check_calibration(gain, baseline, names, where) -> None:
     positive with a finite reciprocal, each baseline finite, (sample - baseline) / gain finite."""
     g = np.asarray(gain, dtype=np.float64)
     b = np.asarray(baseline, dtype=np.float64)
+    if (g.ndim == 1 and g.shape == b.shape and all(1e-3 <= x <= 1e12 for x in g.tolist())
+            and all(-1e9 <= x <= 1e9 for x in b.tolist())):
+        return  # every check below passes within these bounds (the usual case): no dozen numpy calls
     with np.errstate(all="ignore"):
         g32, b32 = g.astype(np.float32), b.astype(np.float32)
         span = (np.float32(32768) + np.abs(b32)) / g32
@@ -145,17 +149,18 @@ def validate_record(record: "ECGRecord") -> "ECGRecord":
         raise RecordError(where, f"expected {n} gains and baselines, got {gain.shape} and {base.shape}")
     check_calibration(gain, base, record.leads, where)
     lo, hi = sig.min(axis=1), sig.max(axis=1)
-    if (lo != INVALID).all():
-        # No sample missing (INVALID is the int16 minimum), the common case: |sample - baseline| is
-        # monotone on each side of the baseline, so each lead's min and max give the same peak as all
-        # its samples, and usable_leads reduces to max > min. Two reductions instead of masked passes.
-        samples, valid, usable = np.stack([lo, hi], axis=1), np.ones((n, 2), dtype=bool), hi > lo
-    else:
-        samples, valid, usable = sig, sig != INVALID, None
-    if not valid.any():
-        raise RecordError(where, "no usable signal: every sample is missing (-32768)")
     with np.errstate(all="ignore"):
-        peak = np.abs(np.where(valid, samples.astype(np.float32), base[:, None]) - base[:, None]).max(axis=1) / gain
+        if (lo != INVALID).all():
+            # No sample missing (INVALID is the int16 minimum), the common case: |sample - baseline| is
+            # monotone on each side of the baseline, so each lead's min and max give the same peak as all
+            # its samples, and usable_leads reduces to max > min. Two reductions instead of masked passes.
+            usable = hi > lo
+            peak = np.abs(np.stack([lo, hi], axis=1).astype(np.float32) - base[:, None]).max(axis=1) / gain
+        else:
+            valid, usable = sig != INVALID, None
+            if not valid.any():
+                raise RecordError(where, "no usable signal: every sample is missing (-32768)")
+            peak = np.abs(np.where(valid, sig.astype(np.float32), base[:, None]) - base[:, None]).max(axis=1) / gain
     worst = int(np.argmax(peak))
     if not peak[worst] <= MAX_ABS_MV:
         raise RecordError(where, f"lead {record.leads[worst]} reaches {peak[worst]:.3g} mV: not a plausible ECG "
@@ -173,21 +178,33 @@ def lead_index(name: str) -> int | None:
 
 
 def map_leads(names, path) -> np.ndarray:
-    """For each standard lead, the position of that lead among ``names``.
+    """For each standard lead, the position of that lead among ``names`` (a read-only array).
 
     Extra signals (a 15-lead PTB record's Frank leads, a rhythm strip) are ignored; a missing
     standard lead is an error naming the record.
     """
-    where = {}
-    for pos, name in enumerate(names):
-        idx = lead_index(str(name))
-        if idx is not None and idx not in where:
-            where[idx] = pos
-    missing = [STANDARD_LEADS[i] for i in range(12) if i not in where]
+    names = tuple(map(str, names))
+    order, missing = _lead_positions(names)
     if missing:
         raise RecordError(path, f"missing standard lead(s) {', '.join(missing)} "
-                                f"(signals in the record: {', '.join(map(str, names)) or 'none'})")
-    return np.array([where[i] for i in range(12)], dtype=np.int64)
+                                f"(signals in the record: {', '.join(names) or 'none'})")
+    return order
+
+
+@functools.lru_cache(maxsize=256)  # a dataset uses a handful of lead layouts: one lookup per record
+def _lead_positions(names: tuple) -> tuple:
+    """(positions of the standard leads among ``names``, names of the standard leads missing)."""
+    where = {}
+    for pos, name in enumerate(names):
+        idx = lead_index(name)
+        if idx is not None and idx not in where:
+            where[idx] = pos
+    missing = tuple(STANDARD_LEADS[i] for i in range(12) if i not in where)
+    if missing:
+        return None, missing
+    order = np.array([where[i] for i in range(12)], dtype=np.int64)
+    order.flags.writeable = False  # shared by every record with these names
+    return order, ()
 
 
 @dataclasses.dataclass
@@ -233,19 +250,19 @@ def _fast_header(text: str, path: Path) -> _Header | None:
         m = _SIGNAL_LINE.match(line)
         if m is None:
             return None
-        rest = (m.group("rest") or "").split()
+        file, offset, gain, base, units, rest = m.groups()
+        rest = rest.split() if rest else []
         # adcres adczero initval checksum blocksize description (description may contain spaces)
         if len(rest) < 6:
             return None
-        units = (m.group("units") or "mV").lower()
-        if units not in _UNIT_TO_MV:
+        scale = _UNIT_TO_MV.get(units.lower() if units else "mv")
+        if scale is None:
             return None
-        gain = float(m.group("gain"))
-        base = int(m.group("base")) if m.group("base") is not None else int(rest[1])
-        files.append(m.group("file"))
-        offsets.append(int(m.group("offset") or 0))
-        gains.append(gain / _UNIT_TO_MV[units] if gain > 0 else gain)
-        bases.append(base)
+        gain = float(gain)
+        files.append(file)
+        offsets.append(int(offset or 0))
+        gains.append(gain / scale if gain > 0 else gain)
+        bases.append(int(base) if base is not None else int(rest[1]))
         names.append(" ".join(rest[5:]))
     if len(set(files)) != 1 or len(set(offsets)) != 1:
         return None
@@ -286,10 +303,14 @@ def _wfdb_header(path: Path) -> _Header:
 
 def read_header(path) -> _Header:
     """Parse ``<path>.hea`` (``path`` given with or without the extension)."""
-    path = _record_base(path)
-    hea = Path(f"{path}.hea")
+    return _read_header(_record_base(path))
+
+
+def _read_header(path: Path) -> _Header:
+    hea = f"{path}.hea"
     try:
-        text = hea.read_text(errors="replace")
+        with open(hea, errors="replace") as f:  # what Path.read_text does, less its wrapper (a third of the time)
+            text = f.read()
     except OSError as e:
         raise RecordError(hea, f"cannot read header ({e.strerror or e})") from None
     header = _fast_header(text, path)
@@ -303,7 +324,7 @@ def read_header(path) -> _Header:
 
 
 def _record_base(path) -> Path:
-    path = Path(path)
+    path = path if isinstance(path, Path) else Path(path)
     if path.suffix in (".hea", ".dat", ".mat"):
         path = path.with_suffix("")
     return path
@@ -342,7 +363,7 @@ def read_record(path, start: int = 0, stop: int | None = None, leads: str = "sta
     :func:`validate_record`.
     """
     path = _record_base(path)
-    h = read_header(path)
+    h = _read_header(path)
     if leads == "all":
         order = np.arange(len(h.sig_name), dtype=np.int64)
     else:
@@ -352,6 +373,8 @@ def read_record(path, start: int = 0, stop: int | None = None, leads: str = "sta
     if not 0 <= start < stop <= h.sig_len:
         raise RecordError(f"{path}.hea", f"requested samples [{start}, {stop}) outside 0..{h.sig_len}")
     n_sig = len(h.sig_name)
+    gain = np.asarray(h.gain, dtype=np.float64)[order]
+    baseline = np.asarray(h.baseline, dtype=np.float64)[order]
     if h.simple:
         # a plain read of the frames wanted: for a file this small, faster than a memmap (no mmap set-up
         # and page faults)
@@ -360,12 +383,10 @@ def read_record(path, start: int = 0, stop: int | None = None, leads: str = "sta
                              offset=h.byte_offset[0] + 2 * start * n_sig)
         if frames.size != count:  # the file shrank since _check_sizes
             raise RecordError(path.parent / h.file_name[0], f"truncated: fewer than the {count} samples expected")
-        signal = np.ascontiguousarray(frames.reshape(stop - start, n_sig)[:, order].T)
+        signal = frames.reshape(stop - start, n_sig).T[order]  # one gather: standard lead order, C-contiguous
     else:
-        signal = _read_with_wfdb(path, h, order, start, stop)
-    gain = np.asarray(h.gain, dtype=np.float64)[order]
-    baseline = np.asarray(h.baseline, dtype=np.float64)[order]
-    signal, gain, baseline = _to_int16(signal, gain, baseline, [h.fmt[i] for i in order])
+        signal, gain, baseline = _to_int16(_read_with_wfdb(path, h, order, start, stop), gain, baseline,
+                                           [h.fmt[i] for i in order])
     names = tuple(h.sig_name) if leads == "all" else STANDARD_LEADS
     return validate_record(ECGRecord(signal, gain.astype(np.float32), baseline.astype(np.float32), h.fs,
                                      str(path), names))
