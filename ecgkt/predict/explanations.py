@@ -113,6 +113,7 @@ def load_table() -> tuple[dict[tuple[str, str], Association], dict[str, str]]:
     return table, aliases
 
 
+@functools.lru_cache(maxsize=4096)  # a model has a few dozen outputs, parsed again for every record scored
 def parse_lab_output(name: str) -> tuple[str, str]:
     """Split a model output name into (canonical lab, direction).
 

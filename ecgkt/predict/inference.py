@@ -180,12 +180,17 @@ class Predictor:
         return starts, length
 
     @torch.no_grad()
-    def _score(self, signal: np.ndarray, gain: np.ndarray, baseline: np.ndarray, fs: float):
-        """signal int16 [W, 12, T] (model lead order) -> (dx probs [W, D], lab probs [W, L], repaired, flat)."""
+    def _preprocess(self, signal: np.ndarray, gain: np.ndarray, baseline: np.ndarray, fs: float):
         dev = self.device
-        x = torch.from_numpy(signal).to(dev)
-        info = self.model.preprocessor(x, fs, gain=torch.from_numpy(gain).to(dev),
+        return self.model.preprocessor(torch.from_numpy(signal).to(dev), fs, gain=torch.from_numpy(gain).to(dev),
                                        baseline=torch.from_numpy(baseline).to(dev), return_info=True)
+
+    @torch.no_grad()
+    def _score(self, signal: np.ndarray, gain: np.ndarray, baseline: np.ndarray, fs: float, info=None):
+        """signal int16 [W, 12, T] (model lead order) -> (dx probs [W, D], lab probs [W, L], repaired, flat).
+        ``info``: the preprocessing of these windows when done ahead (run's reader threads)."""
+        if info is None:
+            info = self._preprocess(signal, gain, baseline, fs)
         out = self.network(info.signal.float())
         return (torch.sigmoid(out["dx_logits"]).float().cpu().numpy(),
                 torch.sigmoid(out["lab_logits"]).float().cpu().numpy(),
@@ -193,6 +198,13 @@ class Predictor:
 
     def predict_records(self, records: list[ECGRecord], names: list[str] | None = None) -> list:
         """Results for records already read: a RecordResult, or a Failure for a record that cannot be used."""
+        return self._scored(*self._batches(records, names, ahead=False))
+
+    def _batches(self, records, names, ahead: bool):
+        """(records, names, results so far, batches): the windows of the records grouped into batches of one
+        shape, each (windows [(record index, start)], fs, length, ready). With ``ahead``, ready holds the
+        batch gathered and preprocessed (run() does this in its reader threads, off the model's thread);
+        otherwise None, and each batch is gathered when scored."""
         names = names or [r.path for r in records]
         groups: dict = {}  # (fs, window length) -> [(record index, window start)]: one batch shape each
         out: list = [None] * len(records)
@@ -204,10 +216,25 @@ class Predictor:
                 continue
             for s in starts:
                 groups.setdefault((float(rec.fs), length), []).append((i, s))
-        per_record: dict = {}
+        batches = []
         for (fs, length), items in groups.items():
             for b in range(0, len(items), self.batch_size):
-                self._score_chunk(records, items[b:b + self.batch_size], fs, length, names, out, per_record)
+                chunk = items[b:b + self.batch_size]
+                ready = None
+                if ahead:
+                    sig, gain, base = self._gather(records, chunk, length)
+                    try:
+                        info = self._preprocess(sig, gain, base, fs)
+                    except Exception:  # noqa: BLE001 - raised again, and pinned on its record, when scored
+                        info = None
+                    ready = (sig, gain, base, info)
+                batches.append((chunk, fs, length, ready))
+        return records, names, out, batches
+
+    def _scored(self, records, names, out, batches) -> list:
+        per_record: dict = {}
+        for chunk, fs, length, ready in batches:
+            self._score_chunk(records, chunk, fs, length, names, out, per_record, ready)
         for i, windows in per_record.items():
             if out[i] is None:
                 try:
@@ -216,15 +243,26 @@ class Predictor:
                     out[i] = Failure(names[i], e.problem)
         return out
 
-    def _score_chunk(self, records, chunk, fs, length, names, out, per_record) -> None:
-        """Score windows [(record index, start)] of one shape. When the batch fails, or gives a non-finite
-        output for some window, its records are scored one by one: only the record at fault fails."""
+    def _gather(self, records, chunk, length):
+        """The windows [(record index, start)] as int16 [W, leads, length] in model lead order, with gains and
+        baselines [W, leads]."""
         order = self.lead_order
-        sig = np.stack([records[i].signal[order, s:s + length] for i, s in chunk])
+        # window by window into the batch: np.stack of the lead-ordered copies kept them all alive at once, fresh
+        # memory to fault in (six times the time of this loop)
+        sig = np.empty((len(chunk), len(order), length), np.result_type(*(records[i].signal for i, _ in chunk)))
+        for j, (i, s) in enumerate(chunk):
+            sig[j] = records[i].signal[order, s:s + length]
         gain = np.stack([records[i].gain[order] for i, _ in chunk]).astype(np.float32)
         base = np.stack([records[i].baseline[order] for i, _ in chunk]).astype(np.float32)
+        return sig, gain, base
+
+    def _score_chunk(self, records, chunk, fs, length, names, out, per_record, ready=None) -> None:
+        """Score windows [(record index, start)] of one shape (``ready``: see _batches). When the batch fails, or
+        gives a non-finite output for some window, its records are scored one by one: only the record at fault
+        fails."""
+        sig, gain, base, info = ready or (*self._gather(records, chunk, length), None)
         try:
-            dx, lab, rep, flat = self._score(sig, gain, base, fs)
+            dx, lab, rep, flat = self._score(sig, gain, base, fs, info)
             finite = np.isfinite(dx).all(axis=1) & np.isfinite(lab).all(axis=1)
             problem = None if finite.all() else "the model's output is not finite (NaN or infinity)"
         except Exception as e:  # noqa: BLE001 - whatever broke, find the record it belongs to
@@ -247,10 +285,13 @@ class Predictor:
             raise RecordError(name, "no usable signal: after preprocessing every lead is flat or missing")
         dropped = len(windows) - len(usable)
         windows = usable
-        dx = np.mean([w[0] for w in windows], axis=0)
-        lab = np.mean([w[1] for w in windows], axis=0)
-        repaired = np.any([w[2] for w in windows], axis=0)
-        flat = np.any([w[3] for w in windows], axis=0)
+        if len(windows) == 1:  # the mean of one window is that window (the usual record: no array calls)
+            dx, lab, repaired, flat = windows[0]
+        else:
+            dx = np.mean([w[0] for w in windows], axis=0)
+            lab = np.mean([w[1] for w in windows], axis=0)
+            repaired = np.any([w[2] for w in windows], axis=0)
+            flat = np.any([w[3] for w in windows], axis=0)
         leads = self.model_leads
         warnings = []
         duration = rec.n_samples / rec.fs
@@ -289,20 +330,24 @@ class Predictor:
     def run(self, sources: Iterable[Source], fs: float | None = None, leads=None,
             progress=None) -> Iterator[tuple]:
         """Read and score records: yields (source, ECGRecord, RecordResult) or (source, None, Failure), in
-        input order. Reading runs in a thread pool one chunk ahead of the model."""
+        input order. Reading, batching and preprocessing run in a thread pool one chunk ahead of the model."""
         sources = list(sources)
         chunk = max(self.batch_size, 8)
         chunks = [sources[i:i + chunk] for i in range(0, len(sources), chunk)]
-        with cf.ThreadPoolExecutor(self.read_workers or default_read_workers()) as pool:
+        workers = self.read_workers or default_read_workers()
+        with cf.ThreadPoolExecutor(workers) as pool:
             def submit(c):
-                return [pool.submit(_read_one, s, fs, leads) for s in c]
+                # one slice of the chunk per reader (not a task per record: a future and its locks each), then
+                # a task that batches and preprocesses the chunk, so that this thread only runs the network
+                step = -(-len(c) // workers)
+                slices = [pool.submit(_read_many, c[i:i + step], fs, leads) for i in range(0, len(c), step)]
+                return pool.submit(self._read_chunk, c, slices)
 
-            pending = submit(chunks[0]) if chunks else []
+            pending = submit(chunks[0]) if chunks else None
             for k, current in enumerate(chunks):
-                read = [f.result() for f in pending]
-                pending = submit(chunks[k + 1]) if k + 1 < len(chunks) else []
-                ok = [(s, r) for s, r in zip(current, read) if isinstance(r, ECGRecord)]
-                scored = iter(self.predict_records([r for _, r in ok], [s.name for s, _ in ok]))
+                read, batches = pending.result()
+                pending = submit(chunks[k + 1]) if k + 1 < len(chunks) else None
+                scored = iter(self._scored(*batches))
                 for s, r in zip(current, read):
                     if isinstance(r, Failure):
                         yield s, None, r
@@ -312,12 +357,22 @@ class Predictor:
                 if progress is not None:
                     progress.update(len(current))
 
+    def _read_chunk(self, sources, slices):
+        """(what each source read to, the batches of the records read): a reader thread's task."""
+        read = [r for f in slices for r in f.result()]
+        ok = [(s, r) for s, r in zip(sources, read) if isinstance(r, ECGRecord)]
+        return read, self._batches([r for _, r in ok], [s.name for s, _ in ok], ahead=True)
+
 
 def _one_line(e: BaseException) -> str:
     if isinstance(e, RecordError):
         return e.problem
     message = " ".join(str(e).split()) or "no details"
     return message if isinstance(e, ECGKTError) else f"cannot score ({type(e).__name__}: {message})"
+
+
+def _read_many(sources, fs, leads) -> list:
+    return [_read_one(s, fs, leads) for s in sources]
 
 
 def _read_one(source: Source, fs, leads):
