@@ -139,6 +139,8 @@ RATIOS = [
     Ratio("preprocess: ecgkt / neurokit2 ecg_clean", "preprocess", "records/s", "ecgkt", "neurokit2"),
     Ratio("preprocess: ecgkt / torch FFT", "preprocess", "records/s", "ecgkt", "torch-fft", 2.0),
     Ratio("preprocess: ecgkt / memory copy (fraction of the floor)", "preprocess", "records/s", "ecgkt", "copy"),
+    Ratio("preprocess, 2 threads, float32: ecgkt / memory copy (fraction of the floor)", "preprocess_2_threads",
+          "records/s", "ecgkt", "copy", 0.5),
     Ratio("preprocess CUDA: ecgkt / torch FFT", "preprocess", "records/s", "ecgkt-cuda", "torch-fft-cuda"),
     Ratio("CLIP loss time: open_clip / ecgkt", "clip_loss", "s", "ecgkt", "open_clip"),
     # the three B x B x D products' time / ecgkt's: >= 1/1.4 means ecgkt takes <= 1.4x the matmul floor

@@ -71,6 +71,25 @@ def test_preprocess_cpu(benchmark, sizes, preprocess_batch, provider):
             x_name="batch", items=batch, unit="records/s", rounds=sizes.rounds, budget_s=3 if sizes.quick else 6)
 
 
+@pytest.mark.parametrize("provider", ["ecgkt", "copy"])
+def test_preprocess_two_threads(benchmark, sizes, provider):
+    """Kernel layer v2's CPU target as it is worded: wall time with 2 threads on 64 x 12 x 5000 float32 records
+    (in mV), against a float32 copy of the same bytes with the same 2 threads."""
+    x = ecg_batch(64).float() / GAIN
+    if provider == "ecgkt":
+        fn = lambda: ecgkt.preprocess(x, FS)  # noqa: E731
+    else:
+        out = torch.empty_like(x)
+        fn = lambda: out.copy_(x)  # noqa: E731
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        measure(benchmark, fn, kernel="preprocess_2_threads", provider=provider, x=64, x_name="batch", items=64,
+                unit="records/s", rounds=sizes.rounds * 3, budget_s=3 if sizes.quick else 6)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("provider", GPU_PROVIDERS)
 def test_preprocess_gpu(benchmark, sizes, provider):
