@@ -99,6 +99,8 @@ TABLE_CASES = {
     "labevents: truncated gzip": (_truncate_gzip("hosp/labevents.csv.gz"), "labevents.csv.gz"),
     "labevents: no itemid column": (_drop_column("hosp/labevents.csv.gz", "itemid"), "labevents.csv.gz"),
     "labevents: malformed row": (_extra_fields("hosp/labevents.csv.gz"), "labevents.csv.gz"),
+    "labevents: text charttime": (_set_cell("hosp/labevents.csv.gz", "charttime", "notadate"), "labevents.csv.gz"),
+    "labevents: empty subject_id": (_set_cell("hosp/labevents.csv.gz", "subject_id", None), "labevents.csv.gz"),
     "admissions: no dischtime": (_drop_column("hosp/admissions.csv.gz", "dischtime"), "admissions.csv.gz"),
     "admissions: text hadm_id": (_set_cell("hosp/admissions.csv.gz", "hadm_id", "x1"), "admissions.csv.gz"),
     "diagnoses_icd: no icd_version": (_drop_column("hosp/diagnoses_icd.csv.gz", "icd_version"),

@@ -30,8 +30,8 @@ def read_labevents(path, itemids, block_size: int = 16 << 20, progress: bool = F
     if not path.is_file():
         raise ECGKTError(f"{path}: labevents file not found")
     wanted = pa.array(sorted({int(i) for i in itemids}), type=pa.int32())
-    types = {"subject_id": pa.int32(), "itemid": pa.int32(),  # MIMIC ids fit; halves their memory "charttime": pa.timestamp("s"),
-             "value": pa.string(), "valuenum": pa.float64(), "ref_range_lower": pa.float64(),
+    types = {"subject_id": pa.int32(), "itemid": pa.int32(),  # MIMIC ids fit; halves their memory
+             "charttime": pa.timestamp("s"), "value": pa.string(), "valuenum": pa.float64(), "ref_range_lower": pa.float64(),
              "ref_range_upper": pa.float64()}
     try:
         reader = pacsv.open_csv(
@@ -54,6 +54,10 @@ def read_labevents(path, itemids, block_size: int = 16 << 20, progress: bool = F
             mask = pc.is_in(batch.column("itemid"), value_set=wanted)
             part = batch.filter(mask)
             if part.num_rows:
+                for column in ("subject_id", "charttime"):  # a lab value no ECG can be paired with
+                    if part.column(column).null_count:
+                        raise ECGKTError(f"{path}: {part.column(column).null_count} row(s) of a used itemid have "
+                                         f"an empty {column}")
                 # text only matters where there is no number; dropping the rest saves most memory
                 value = pc.if_else(pc.is_null(part.column("valuenum")), part.column("value"),
                                    pa.scalar(None, pa.string()))
