@@ -196,7 +196,9 @@ def _check_keys(df: pd.DataFrame, path) -> pd.DataFrame:
             bad = (num % 1 != 0) & num.notna()
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise ECGKTError(f"{path}: row {row + 2}: {col} {df[col].iat[row]!r} is not an integer id")
+            value = df[col].iat[row]
+            what = "is empty" if pd.isna(value) else f"{str(value)!r} is not an integer id"
+            raise ECGKTError(f"{path}: row {row + 2}: {col} {what}")
         df[col] = num.astype(np.int64) if col in ID_COLUMNS else num
     return df
 
