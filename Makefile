@@ -34,7 +34,7 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q -rs tests
 
-# Benchmarks (pytest-benchmark): `make bench` = full run, ~15 min on 2 cores, writes benches/results/results.json
+# Benchmarks (pytest-benchmark): `make bench` = full run, ~6 min on 2 quiet cores, writes benches/results/results.json
 # (then `$(PY) benches/report.py` regenerates BENCHMARKS.md); `make bench QUICK=1` = the CI sizes, < 2 min.
 # The peers are installed without their dependencies, so that the installed torch is never replaced.
 bench: setup
